@@ -1,0 +1,57 @@
+"The `vlm3` command driven from outside, as a user would: exit codes, messages, files."
+import json, shutil
+from pathlib import Path
+from conftest import vlm3
+
+def test_help_lists_subcommands():
+    r = vlm3("--help")
+    assert r.returncode == 0
+    for cmd in ("synth", "validate", "prepare", "build-tiny", "demo"): assert cmd in r.stdout
+
+def test_synth_writes_seed_layout(manual):
+    for f in ("vlm_train.jsonl", "vlm_val.jsonl", "manual_probes.json"): assert (manual / f).is_file()
+    rec = json.loads((manual / "vlm_train.jsonl").read_text().splitlines()[0])
+    assert (manual / rec["image"]).is_file()
+    assert {"content_type", "section", "page"} <= set(rec["metadata"])
+
+def test_validate_good_file_exits_0(manual):
+    r = vlm3("validate", manual / "vlm_train.jsonl", "--images-root", manual)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "valid" in r.stdout
+
+def test_validate_bad_lines_name_file_and_line(manual, tmp_path):
+    good = (manual / "vlm_train.jsonl").read_text(encoding="utf-8").splitlines()
+    rec = json.loads(good[0])
+    bad_role = dict(rec, conversations=[{"role": "human", "content": "q"}, {"role": "assistant", "content": "a"}])
+    escape = dict(rec, image="../secret.jpg")
+    lines = [good[0], "{not json", json.dumps(bad_role), "", json.dumps(escape), good[1]]
+    f = tmp_path / "bad.jsonl"; f.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    r = vlm3("validate", f, "--images-root", manual, "--quarantine", tmp_path / "q")
+    assert r.returncode == 1
+    assert "Traceback" not in r.stdout + r.stderr
+    assert f"{f}:2:" in r.stdout and f"{f}:3:" in r.stdout and f"{f}:5:" in r.stdout
+    assert f"{f}:1:" not in r.stdout and f"{f}:6:" not in r.stdout
+    valid = (tmp_path / "q" / "valid.jsonl").read_text().splitlines()
+    rejected = (tmp_path / "q" / "rejected.jsonl").read_text().splitlines()
+    assert len(valid) == 2 and len(rejected) == 3  # every non-blank input line lands in exactly one file
+
+def test_validate_missing_file_is_one_line_error(tmp_path):
+    r = vlm3("validate", tmp_path / "nope.jsonl")
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "nope.jsonl" in r.stdout + r.stderr
+
+def test_prepare_saves_datasetdict(manual, tmp_path):
+    r = vlm3("prepare", "--train", manual / "vlm_train.jsonl", "--val", manual / "vlm_val.jsonl",
+             "--images-root", manual, "--out", tmp_path / "ds")
+    assert r.returncode == 0, r.stderr
+    from datasets import load_from_disk
+    ds = load_from_disk(str(tmp_path / "ds"))
+    n_train = len((manual / "vlm_train.jsonl").read_text().splitlines())
+    assert set(ds) == {"train", "val"} and len(ds["train"]) == n_train
+
+def test_prepare_push_without_token_fails_clearly(manual, tmp_path):
+    r = vlm3("prepare", "--train", manual / "vlm_train.jsonl", "--val", manual / "vlm_val.jsonl",
+             "--images-root", manual, "--out", tmp_path / "ds", "--push-to-hub", "me/private-manual",
+             env={"HF_TOKEN": "", "HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "error:" in r.stderr
