@@ -1,0 +1,118 @@
+"`vlm3 report` and `vlm3 compare` driven from outside: papermill reports, compare.json, and no secret in anything they write."
+import json
+from pathlib import Path
+import pytest
+from conftest import vlm3
+from vlm3_nb.report import example_eval_dir
+
+SECRET = "sk-test-planted-secret"
+ENV = {"ANTHROPIC_API_KEY": SECRET}
+
+def _rows(d): return [json.loads(l) for l in (d / "results.jsonl").read_text(encoding="utf-8").splitlines() if l.strip()]
+def _write(d, rows): (d / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+def _outputs(d):
+    "Every file a command wrote under `d`, as text."
+    return {p: p.read_text(encoding="utf-8", errors="replace") for p in Path(d).rglob("*") if p.is_file()}
+
+@pytest.fixture(scope="module")
+def evals(tmp_path_factory):
+    "Baseline and fine-tuned eval folders (illustrative fixtures); B leaks the key the way a judge error would."
+    d = tmp_path_factory.mktemp("evals")
+    a = example_eval_dir(d / "baseline", seed=3)
+    b = example_eval_dir(d / "finetuned", seed=3, shift=0.1, noise=0.1, judge=True)
+    rows = _rows(a)  # fx-000 passes in A ...
+    for m in rows[0]["metrics"].values():
+        if m["status"] == "ok": m.update(score=1.0, passed=True)
+    _write(a, rows)
+    rows = _rows(b)  # ... and is the worst example of its type in B, with the secret in a reason and in the prediction
+    rows[0]["prediction"] = f"my key is {SECRET}"
+    for m in rows[0]["metrics"].values():
+        if m["status"] == "ok": m.update(score=0.0, passed=False)
+    rows[0]["metrics"]["faithfulness"] = {"score": None, "status": "error", "reason": f"401 invalid x-api-key {SECRET}", "passed": None}
+    _write(b, rows)
+    return a, b
+
+def test_report_writes_scrubbed_notebook_and_html(evals, tmp_path):
+    _, b = evals
+    out = tmp_path / "rep"
+    r = vlm3("report", b, "--out", out, env=ENV)
+    assert r.returncode == 0, r.stdout + r.stderr
+    page = (out / "eval_report.html").read_text(encoding="utf-8")
+    assert (out / "eval_report.ipynb").is_file()
+    assert "Failure analysis by content type" in page and "fx-000" in page
+    assert "Overall scores against thresholds" in page and "Run manifest" in page
+    assert "data:image/jpeg;base64," in page  # page thumbnails are inline: the HTML stands alone
+    assert "[ANTHROPIC_API_KEY redacted]" in page  # the leak was in the input and was scrubbed
+    for p, text in _outputs(out).items(): assert SECRET not in text, p
+    assert SECRET not in r.stdout + r.stderr
+
+def test_compare_json_html_and_no_secret(evals, tmp_path):
+    a, b = evals
+    out = tmp_path / "cmp"
+    r = vlm3("compare", a, b, "--out", out, "--n-boot", 500, env=ENV)
+    assert r.returncode == 0, r.stdout + r.stderr
+    res = json.loads((out / "compare.json").read_text(encoding="utf-8"))
+    n_val = sum(1 for row in _rows(a) if row["kind"] == "val")
+    assert res["n_paired"] == len(_rows(a)) and res["n_val"] == n_val
+    scored = {m: s for m, s in res["metrics"].items() if s["n"]}
+    assert {"keyword_presence", "numeric_exact_match"} <= set(scored)
+    assert scored["keyword_presence"]["n"] == n_val
+    for m, s in scored.items():
+        assert s["lower"] <= s["delta"] <= s["upper"], (m, s)
+        assert s["wins"] + s["losses"] + s["ties"] == s["n"], (m, s)
+    assert res["metrics"]["faithfulness"]["n"] == 0 and "not run" in res["metrics"]["faithfulness"]["status"]  # never a 0 score
+    for ct, d in res["by_content_type"].items():
+        s = d["keyword_presence"]; assert s["lower"] <= s["delta"] <= s["upper"], ct
+    assert all(f["passed_a"] and not f["passed_b"] for f in res["flips"]["pass_to_fail"])
+    assert all(f["passed_b"] and not f["passed_a"] for f in res["flips"]["fail_to_pass"])
+    assert "fx-000" in [f["id"] for f in res["flips"]["pass_to_fail"]]  # so its leaking prediction is in compare.json ...
+    assert "[ANTHROPIC_API_KEY redacted]" in (out / "compare.json").read_text()  # ... scrubbed
+    page = (out / "compare.html").read_text(encoding="utf-8")
+    assert (out / "compare.ipynb").is_file() and "Examples that flipped" in page and "Per content type" in page
+    assert "fx-000" in page and "[ANTHROPIC_API_KEY redacted]" in page
+    for p, text in _outputs(out).items(): assert SECRET not in text, p
+    assert SECRET not in r.stdout + r.stderr
+
+def test_compare_same_run_is_all_ties(evals, tmp_path):
+    a, _ = evals
+    r = vlm3("compare", a, a, "--out", tmp_path / "same", "--n-boot", 200, "--no-report")
+    assert r.returncode == 0, r.stderr
+    res = json.loads((tmp_path / "same" / "compare.json").read_text())
+    kp = res["metrics"]["keyword_presence"]
+    assert (kp["delta"], kp["lower"], kp["upper"], kp["ties"]) == (0.0, 0.0, 0.0, kp["n"])
+    assert not (tmp_path / "same" / "compare.html").exists()  # --no-report
+
+def test_compare_unpaired_and_disjoint(evals, tmp_path):
+    a, _ = evals
+    part = example_eval_dir(tmp_path / "part", seed=3)
+    _write(part, _rows(part)[3:])
+    r = vlm3("compare", a, part, "--out", tmp_path / "p", "--n-boot", 200, "--no-report")
+    assert r.returncode == 0, r.stderr
+    assert "3 ids only in" in r.stderr  # a warning names the unpaired ids
+    assert json.loads((tmp_path / "p" / "compare.json").read_text())["unpaired"]["only_a"] == ["fx-000", "fx-001", "fx-002"]
+    other = tmp_path / "other"; other.mkdir()
+    (other / "results.jsonl").write_text(json.dumps({"id": "zzz", "metrics": {}}) + "\n")
+    r = vlm3("compare", a, other, "--out", tmp_path / "x")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "share no example ids" in r.stderr and str(a) in r.stderr and str(other) in r.stderr
+
+def test_report_missing_eval_dir_is_one_line_error(tmp_path):
+    r = vlm3("report", tmp_path / "nope", "--out", tmp_path / "o")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "results.jsonl not found" in r.stderr
+
+def test_report_images_root_override(tmp_path):
+    "The pages moved: the report says so, and --images-root finds them."
+    d = example_eval_dir(tmp_path / "ev", seed=5)
+    (tmp_path / "moved").mkdir(); (d / "images").rename(tmp_path / "moved" / "images")
+    s = json.loads((d / "summary.json").read_text()); s["images_root"] = str(tmp_path / "gone")
+    (d / "summary.json").write_text(json.dumps(s))
+    r = vlm3("report", d, "--out", tmp_path / "r1")
+    assert r.returncode == 0, r.stderr
+    page = (tmp_path / "r1" / "eval_report.html").read_text(encoding="utf-8")
+    assert "page image not found" in page and "--images-root" in page and "data:image/jpeg" not in page
+    r = vlm3("report", d, "--out", tmp_path / "r2", "--images-root", tmp_path / "moved")
+    assert r.returncode == 0, r.stderr
+    page = (tmp_path / "r2" / "eval_report.html").read_text(encoding="utf-8")
+    assert "page image not found" not in page and "data:image/jpeg;base64," in page
