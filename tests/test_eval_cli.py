@@ -1,0 +1,81 @@
+"`vlm3 eval` and the DeepEval suite driven from outside, as a user would, on the tiny offline model."
+import json, os, subprocess, sys
+from pathlib import Path
+import pytest
+from conftest import vlm3, ROOT, BIN
+
+FAST = ["generation.max_new_tokens=8", "generation.batch_size=8", "data.max_pixels=12544"]  # seconds, not minutes
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny") / "model"
+    r = vlm3("build-tiny", "--out", out)
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def _eval(tiny, manual, out, *extra):
+    return vlm3("eval", "--model", tiny, "--data", manual / "vlm_val.jsonl", "--images-root", manual, "--out", out,
+                "--probes", manual / "manual_probes.json", "--max-samples", 4, "--grounding", 2, "--config", "demo_tiny", *extra, *FAST)
+
+
+@pytest.fixture(scope="module")
+def first(tiny, manual, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval")
+    return out, _eval(tiny, manual, out)
+
+
+def test_eval_writes_results_and_summary(first):
+    out, r = first
+    assert r.returncode == 0, r.stdout + r.stderr
+    rows = [json.loads(l) for l in (out / "results.jsonl").read_text().splitlines()]
+    s = json.loads((out / "summary.json").read_text())
+    assert {"val", "probe"} == {x["kind"] for x in rows} and len(rows) == s["counts"]["total"]
+    for k in ("id", "kind", "content_type", "section", "page", "image", "question", "expected", "keywords", "prediction", "metrics"):
+        assert k in rows[0], k
+    assert {"score", "status", "reason", "passed"} <= set(rows[0]["metrics"]["numeric_exact_match"])
+    for k in ("counts", "metrics", "by_content_type", "probes", "thresholds", "passed", "grounding", "cost", "fingerprint", "config"):
+        assert k in s, k
+    assert s["counts"]["generated"] == s["counts"]["total"] and s["counts"]["cached"] == 0
+    assert (out / "config.yaml").is_file() and (out / "predictions.jsonl").is_file()
+    assert "probe_pass_rate" in r.stdout  # the summary table is printed
+
+
+def test_judge_none_reports_not_run(first):
+    out, _ = first
+    rows = [json.loads(l) for l in (out / "results.jsonl").read_text().splitlines()]
+    for x in rows:
+        for k in ("answer_relevancy", "faithfulness", "geval_correctness"):
+            assert x["metrics"][k]["status"] == "not run" and x["metrics"][k]["score"] is None
+    s = json.loads((out / "summary.json").read_text())
+    assert s["judge"] == "none" and s["thresholds"]["faithfulness"]["status"] == "not run"
+
+
+def test_rerun_generates_nothing(first, tiny, manual):
+    out, r1 = first
+    assert r1.returncode == 0
+    r = _eval(tiny, manual, out)
+    assert r.returncode == 0, r.stderr
+    s = json.loads((out / "summary.json").read_text())
+    assert s["counts"]["generated"] == 0 and s["counts"]["cached"] == s["counts"]["total"]
+
+
+def test_deepeval_suite_reuses_the_cache(first):
+    "`deepeval test run` after `vlm3 eval` with the same --out: same cases, nothing generated; failing metrics exit 1."
+    out, r1 = first
+    assert r1.returncode == 0
+    exe = BIN / "deepeval"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "DEEPEVAL_TELEMETRY_OPT_OUT": "YES"}
+    r = subprocess.run([str(exe), "test", "run", str(ROOT / "vlm3_nb" / "deepeval_suite" / "test_vlm.py"), "-k", "manual_probe",
+                        "--max-samples", "3", "--out", str(out)], cwd=out, env=env, capture_output=True, text=True, timeout=300)
+    log = r.stdout + r.stderr
+    assert "vlm3: 3 cases, 0 generated, 3 cached" in log, log[-3000:]
+    assert "manual_probe-" in log
+    assert r.returncode in (0, 1), log[-3000:]  # 1: the random tiny model fails its thresholds, honestly
+
+
+def test_bad_data_path_exits_2_naming_the_file(tiny, manual, tmp_path):
+    r = vlm3("eval", "--model", tiny, "--data", tmp_path / "nope.jsonl", "--images-root", manual, "--out", tmp_path / "o")
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "nope.jsonl" in r.stderr and "Traceback" not in r.stderr
