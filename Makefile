@@ -9,10 +9,24 @@ export DEEPEVAL_TELEMETRY_OPT_OUT := YES
 export TOKENIZERS_PARALLELISM := false
 export PYTHONHASHSEED := 0
 
-CONFIG ?= $(shell $(BIN)/python -c "import vlm3_nb.core as c; print(c.config_path('demo_tiny'))" 2>/dev/null)
+# Defaults point at what `make demo` produced, so every target works right after it.
 DEMO ?= runs/demo
+CONFIG ?= demo_tiny
+BACKEND ?= local
+MODEL ?= $(DEMO)/model-tiny
+ADAPTER ?= $(DEMO)/train/adapter
+DATA ?= $(DEMO)/manual/vlm_val.jsonl
+IMAGES ?= $(DEMO)/manual
+PROBES ?= $(DEMO)/manual/manual_probes.json
+JUDGE ?= none
+EVAL_OUT ?= runs/eval
+MODEL_A ?= $(DEMO)/eval-baseline
+MODEL_B ?= $(DEMO)/eval-finetuned
+PORT ?= 8000
+EVAL_ARGS = --model $(MODEL) $(if $(ADAPTER),--adapter $(ADAPTER)) --data $(DATA) --images-root $(IMAGES) --probes $(PROBES) --judge $(JUDGE) --config $(CONFIG)
+SUITE = $(BIN)/deepeval test run vlm3_nb/deepeval_suite/test_vlm.py --model $(MODEL) $(if $(ADAPTER),--adapter $(ADAPTER)) --data $(DATA) --images-root $(IMAGES) --probes $(PROBES) --judge $(JUDGE) --config $(CONFIG) --out $(EVAL_OUT)
 
-.PHONY: setup test demo lab clean-venv sync-check nbtest pytest
+.PHONY: setup test demo lab clean-venv sync-check preflight train train-dev eval eval-quick eval-probes eval-compare serve serve-local
 
 setup: $(STAMP)  ## create or refresh .venv from pyproject.toml (a no-op when nothing changed)
 
@@ -32,6 +46,42 @@ test: setup  ## sync check, notebook tests (slow/gpu skipped), pytest; ends with
 
 demo: setup  ## the main job on the embedded default
 	@PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/vlm3 demo --out $(DEMO)
+
+preflight: setup  ## what training $(CONFIG) will cost before paying for a GPU
+	$(BIN)/vlm3 preflight --config $(CONFIG)
+
+train-dev: setup  ## quick run: 1 epoch, 100 samples (as in the seed)
+ifeq ($(BACKEND),modal)
+	$(BIN)/modal run vlm3_nb/modal_app.py --dataset-id $(HF_DATASET_REPO) --epochs 1 --max-samples 100
+else
+	$(BIN)/vlm3 train --config $(CONFIG) training.epochs=1 --max-samples 100
+endif
+
+train: setup  ## full training; BACKEND=modal trains on a Modal GPU from HF_DATASET_REPO
+ifeq ($(BACKEND),modal)
+	$(BIN)/modal run vlm3_nb/modal_app.py --dataset-id $(HF_DATASET_REPO) --epochs 3
+else
+	$(BIN)/vlm3 train --config $(CONFIG)
+endif
+
+eval: setup  ## full eval of MODEL (+ADAPTER) on DATA and PROBES into EVAL_OUT, then its report
+	$(BIN)/vlm3 eval $(EVAL_ARGS) --out $(EVAL_OUT)
+	$(BIN)/vlm3 report $(EVAL_OUT)
+
+eval-quick: setup  ## the seed's DeepEval suite on a subset
+	$(SUITE) -k "torque or procedure" --max-samples 20
+
+eval-probes: setup  ## the seed's DeepEval suite on the manual probes only
+	$(SUITE) -k manual_probe
+
+eval-compare: setup  ## compare two eval folders (default: the demo's baseline vs fine-tuned)
+	$(BIN)/vlm3 compare $(MODEL_A) $(MODEL_B) --out reports/compare
+
+serve: setup  ## serve VLM3Model on Modal while this runs (needs `modal token new`)
+	$(BIN)/modal serve vlm3_nb/modal_app.py
+
+serve-local: setup  ## OpenAI-compatible server on 127.0.0.1:$(PORT); needs VLM3_API_TOKEN
+	$(BIN)/vlm3 serve --model $(MODEL) $(if $(ADAPTER),--adapter $(ADAPTER)) --port $(PORT)
 
 lab: setup  ## JupyterLab on nbs/ with the project's kernel
 	$(BIN)/jupyter lab --notebook-dir=nbs
