@@ -16,7 +16,7 @@ def train_args(model, manual, run, *extra):
     "`vlm3 train` on the tiny model and the session's manual, with tiny pixels and a few steps."
     return ["train", "--config", "demo_tiny", f"base_model={model}", f"data.train_file={manual / 'vlm_train.jsonl'}",
             f"data.val_file={manual / 'vlm_val.jsonl'}", f"data.images_root={manual}", f"output_dir={run}",
-            f"training.max_steps={STEPS}", f"training.save_steps={SAVE}", "eval.eval_steps=6", "training.seed=7", *extra]
+            f"training.max_steps={STEPS}", f"training.save_steps={SAVE}", "eval.eval_steps=6", "eval.logging_steps=2", "training.seed=7", *extra]
 
 ENV = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}  # a 0.4 M-parameter model gains nothing from threads
 

@@ -5,17 +5,17 @@
 # %% auto #0
 __all__ = ['APP_NAME', 'VOLUME_NAME', 'VOL', 'TRAIN_GPU', 'EVAL_GPU', 'SERVE_GPU', 'SERVE_MODEL', 'SERVE_ADAPTER', 'SERVE_CONFIG',
            'image', 'volume', 'hf_secret', 'app', 'SEED_ARGS', 'requirements', 'volume_dir', 'commit', 'row_to_record',
-           'materialize_dataset', 'resume_state', 'CheckpointWatcher', 'train_kwargs', 'config_from_dict', 'train_job',
-           'train', 'make_shards', 'predict_shard_job', 'predict_shard', 'modal_token_configured',
-           'require_modal_token', 'predict_on_modal', 'VLM3Model', 'main', 'train_on_modal']
+           'materialize_dataset', 'resume_state', 'config_from_dict', 'train_job', 'train', 'make_shards',
+           'predict_shard_job', 'predict_shard', 'modal_token_configured', 'require_modal_token', 'predict_on_modal',
+           'VLM3Model', 'main', 'train_on_modal', 'fetch_run']
 
-# %% ../nbs/11_cloud.ipynb #6c36a113
+# %% ../nbs/11_cloud.ipynb #501cf724
 import hashlib, inspect, json, os, re, shutil, tempfile, threading, time
 from pathlib import Path
 import modal
 import vlm3_nb.core as core  # absolute on purpose: `modal run vlm3_nb/modal_app.py` imports this file as a top-level module
 
-# %% ../nbs/11_cloud.ipynb #9457fea3
+# %% ../nbs/11_cloud.ipynb #2a76b783
 def requirements(pyproject=None) -> list:
     "The package's pinned runtime requirements: pyproject.toml's [project.dependencies], else the installed metadata; [] in a container."
     import tomllib
@@ -25,7 +25,7 @@ def requirements(pyproject=None) -> list:
     try: return [r for r in requires("vlm3_nb") or [] if "extra ==" not in r]
     except PackageNotFoundError: return []
 
-# %% ../nbs/11_cloud.ipynb #5c007b57
+# %% ../nbs/11_cloud.ipynb #3f032e64
 APP_NAME, VOLUME_NAME, VOL = "vlm3", "vlm3-checkpoints", "/checkpoints"
 TRAIN_GPU = os.environ.get("VLM3_GPU", "A100-80GB")  # A100-80GB | H100 | ...
 EVAL_GPU = os.environ.get("VLM3_EVAL_GPU", "A10G")
@@ -50,7 +50,7 @@ def commit():
     "Persist the Volume's changes now (in a container; a no-op when running locally)."
     if not modal.is_local(): volume.commit()
 
-# %% ../nbs/11_cloud.ipynb #02711c21
+# %% ../nbs/11_cloud.ipynb #88266055
 def _slug(s) -> str: return re.sub(r"[^A-Za-z0-9._-]+", "-", str(s)).strip("-.") or "x"
 
 def row_to_record(row, # a prepared dataset row, images not decoded
@@ -112,7 +112,7 @@ def materialize_dataset(dataset_id, # Hub id (`vlm3 prepare --push-to-hub`), or 
     (part / "READY").write_text(json.dumps(ov)); os.replace(part, out)
     return ov
 
-# %% ../nbs/11_cloud.ipynb #613fa7b2
+# %% ../nbs/11_cloud.ipynb #d5f77e7f
 def resume_state(run) -> str:
     "'done' (adapter and manifest saved), 'resume' (a complete checkpoint to continue from), or 'fresh'."
     from vlm3_nb.train import complete_checkpoints
@@ -120,7 +120,7 @@ def resume_state(run) -> str:
     if (run / "adapter" / "adapter_model.safetensors").is_file() and (run / "manifest.json").is_file(): return "done"
     return "resume" if complete_checkpoints(run / "checkpoints") else "fresh"
 
-# %% ../nbs/11_cloud.ipynb #fad21340
+# %% ../nbs/11_cloud.ipynb #8934753d
 def _commit_callback(fn):
     from transformers import TrainerCallback
     class CommitOnSave(TrainerCallback):
@@ -128,28 +128,7 @@ def _commit_callback(fn):
         def on_save(self, args, state, control, **kw): fn()
     return CommitOnSave()
 
-class CheckpointWatcher:
-    "Call `fn` whenever a new complete checkpoint appears under `ckpt_dir` (a fallback when train() takes no callbacks)."
-    def __init__(self, ckpt_dir, fn, every=5.0):
-        self.dir, self.fn, self.every, self.seen, self.stop = Path(ckpt_dir), fn, every, None, threading.Event()
-        self.thread = threading.Thread(target=self._loop, daemon=True)
-    def check(self):
-        from vlm3_nb.train import complete_checkpoints
-        done = complete_checkpoints(self.dir)
-        if done and done[-1].name != self.seen: self.seen = done[-1].name; self.fn()
-    def _loop(self):
-        while not self.stop.wait(self.every): self.check()
-    def __enter__(self): self.thread.start(); return self
-    def __exit__(self, *exc): self.stop.set(); self.thread.join(timeout=30)
-
-def train_kwargs(fn=None) -> tuple:
-    "`(kwargs for train(), fn for a CheckpointWatcher or None)`: a commit callback when train() takes callbacks, else a watcher."
-    from vlm3_nb.train import train
-    fn = fn or commit
-    if "callbacks" in inspect.signature(train).parameters: return {"callbacks": [_commit_callback(fn)]}, None
-    return {}, fn
-
-# %% ../nbs/11_cloud.ipynb #b8daab65
+# %% ../nbs/11_cloud.ipynb #b56a7785
 def config_from_dict(d) -> core.Config:
     "A Config from `to_dict(cfg)` (how a resolved config crosses into a container)."
     keys = core.flat_keys()
@@ -184,10 +163,7 @@ def train_job(dataset_id, # Hub dataset id, or a folder on the Volume
     state = resume_state(run)
     commit()
     if state != "done":
-        kw, fn = train_kwargs()
-        if fn is None: train(cfg, resume=True, push_to_hub=repo, **kw)
-        else:
-            with CheckpointWatcher(run / "checkpoints", fn): train(cfg, resume=True, push_to_hub=repo, **kw)
+        train(cfg, resume=True, push_to_hub=repo, callbacks=[_commit_callback(commit)])
         commit()
     man = json.loads((run / "manifest.json").read_text())
     if repo and not man.get("pushed_to"):
@@ -196,7 +172,7 @@ def train_job(dataset_id, # Hub dataset id, or a folder on the Volume
     return {"run_dir": str(run), "adapter": str(run / "adapter"), "attempt": state, "resumed_from": man.get("resumed_from"),
             "steps": man.get("steps"), "final": man.get("final"), "pushed_to": man.get("pushed_to"), "wall_s": man.get("wall_s")}
 
-# %% ../nbs/11_cloud.ipynb #ac73f125
+# %% ../nbs/11_cloud.ipynb #d6ba5766
 @app.function(image=image, gpu=TRAIN_GPU, timeout=8 * 3600, volumes={VOL: volume}, secrets=[hf_secret],
               retries=modal.Retries(max_retries=3, initial_delay=30.0, backoff_coefficient=2.0))
 def train(dataset_id: str, # HuggingFace dataset id (from `vlm3 prepare --push-to-hub`) or a folder on the Volume
@@ -211,7 +187,7 @@ def train(dataset_id: str, # HuggingFace dataset id (from `vlm3 prepare --push-t
     return train_job(dataset_id, output_name, config, overrides, push, hub_repo, base_model=base_model, lora_r=lora_r,
                      lora_alpha=lora_alpha, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, max_samples=max_samples)
 
-# %% ../nbs/11_cloud.ipynb #1ae62cdb
+# %% ../nbs/11_cloud.ipynb #2899d987
 def make_shards(records, # Records to answer
                 cfg, # Config: data.images_root (where the pages are)
                 n=8) -> list: # number of shards (containers)
@@ -257,7 +233,7 @@ def predict_shard(shard: dict, model: str, adapter: str | None = None, cfg_dict:
     "One eval shard on one GPU container: `infer.predict` on its records; rows in the prediction-cache format."
     return predict_shard_job(shard, model, adapter, cfg_dict, fingerprint, variant)
 
-# %% ../nbs/11_cloud.ipynb #635304c7
+# %% ../nbs/11_cloud.ipynb #c3cb8ca0
 def modal_token_configured() -> bool:
     "Whether a Modal token is configured (MODAL_TOKEN_ID/MODAL_TOKEN_SECRET or the active profile in ~/.modal.toml)."
     from modal.config import config
@@ -314,7 +290,7 @@ def predict_on_modal(records, # Records to answer
         have |= {r["id"]: r for r in new}
     return [have[r.id] for r in records]
 
-# %% ../nbs/11_cloud.ipynb #e222073d
+# %% ../nbs/11_cloud.ipynb #ec8b7166
 @app.cls(image=image, gpu=SERVE_GPU, scaledown_window=300, timeout=600, volumes={VOL: volume}, secrets=[hf_secret],
          env={"VLM3_SERVE_MODEL": SERVE_MODEL, "VLM3_SERVE_ADAPTER": SERVE_ADAPTER, "VLM3_SERVE_CONFIG": SERVE_CONFIG})
 @modal.concurrent(max_inputs=8)
@@ -346,7 +322,7 @@ class VLM3Model:
     @modal.exit()
     def close(self): self.engine.close()
 
-# %% ../nbs/11_cloud.ipynb #1ddc72e4
+# %% ../nbs/11_cloud.ipynb #a85111ea
 @app.local_entrypoint()
 def main(dataset_id: str, epochs: float | None = None, base_model: str | None = None, lora_r: int | None = None,
          lora_alpha: int | None = None, batch_size: int | None = None, learning_rate: float | None = None,
@@ -373,3 +349,19 @@ def train_on_modal(dataset_id, # Hub dataset id or a folder on the Volume
     with modal.enable_output(), app.run(detach=detach):
         fn = train.with_options(gpu=gpu) if gpu else train
         return fn.remote(dataset_id, config=core.to_dict(c), overrides=ov, **kw)
+
+# %% ../nbs/11_cloud.ipynb #c7516644
+def fetch_run(output_name, # the run's name on the Volume (train's output_name)
+              dest, # local folder to copy it into
+              vol=None) -> Path: # a modal.Volume; None = the app's checkpoint Volume (needs a Modal token)
+    "Copy a Modal run's adapter, logs, config and manifest from the Volume into `dest`; checkpoints stay on the Volume."
+    from modal.volume import FileEntryType
+    if vol is None: require_modal_token("fetching a run from the Volume"); vol = volume
+    remote, dest = f"runs/{_slug(output_name)}", Path(dest)
+    for e in vol.listdir(remote, recursive=True):
+        rel = Path(e.path).relative_to(remote)
+        if e.type != FileEntryType.FILE or rel.parts[0] == "checkpoints": continue
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        with open(dest / rel, "wb") as f: vol.read_file_into_fileobj(e.path, f)
+    if not (dest / "manifest.json").exists(): raise core.Vlm3Error(f"Volume {VOLUME_NAME}: {remote} has no finished run (no manifest.json); check output_name={output_name!r}")
+    return dest
