@@ -6,7 +6,7 @@ from conftest import vlm3
 def test_help_lists_subcommands():
     r = vlm3("--help")
     assert r.returncode == 0
-    for cmd in ("synth", "validate", "prepare", "build-tiny", "demo"): assert cmd in r.stdout
+    for cmd in ("synth", "validate", "prepare", "build-tiny", "preflight", "train", "eval", "report", "compare", "serve", "bench", "demo", "prepare-llava-cot", "eval-captions", "demo-reasoning"): assert cmd in r.stdout
 
 def test_synth_writes_seed_layout(manual):
     for f in ("vlm_train.jsonl", "vlm_val.jsonl", "manual_probes.json"): assert (manual / f).is_file()

@@ -12,12 +12,13 @@ from PIL import Image, ImageFile
 from .core import Vlm3Error
 
 # %% auto #0
-__all__ = ['CONTENT_TYPES', 'ROLES', 'IMAGE_TOKEN', 'LLAVA_ROLES', 'COT_TAGS', 'FORMATS', 'PIXEL_LIMIT', 'MIN_SIDE', 'MAX_ASPECT',
-           'OFFLINE_MSG', 'Record', 'iter_lines', 'read_jsonl', 'write_jsonl', 'from_pipeline', 'to_pipeline',
-           'split_by_page', 'from_llava', 'to_llava', 'check_cot_tags', 'to_messages', 'from_messages', 'load_items',
-           'detect_format', 'check_image_path', 'check_record', 'check_image', 'Valid', 'Rejected', 'ValidationReport',
-           'validate_file', 'read_records', 'quarantine', 'validate_cmd', 'DupReport', 'near_duplicates',
-           'dataset_features', 'to_row', 'push_dataset', 'prepare_datasets', 'prepare_cmd', 'bench_validate']
+__all__ = ['CONTENT_TYPES', 'ROLES', 'IMAGE_TOKEN', 'LLAVA_ROLES', 'COT_TAGS', 'COT_STAGE_RX', 'FORMATS', 'PIXEL_LIMIT',
+           'MIN_SIDE', 'MAX_ASPECT', 'OFFLINE_MSG', 'Record', 'iter_lines', 'read_jsonl', 'write_jsonl',
+           'from_pipeline', 'to_pipeline', 'split_by_page', 'from_llava', 'to_llava', 'check_cot_tags', 'is_structured',
+           'extract_conclusion', 'to_messages', 'from_messages', 'load_items', 'detect_format', 'check_image_path',
+           'check_record', 'check_image', 'Valid', 'Rejected', 'ValidationReport', 'validate_file', 'read_records',
+           'quarantine', 'validate_cmd', 'DupReport', 'near_duplicates', 'dataset_features', 'to_row', 'push_dataset',
+           'prepare_datasets', 'prepare_cmd', 'bench_validate']
 
 # %% ../nbs/01_data.ipynb #108df63d
 CONTENT_TYPES = ["specification", "procedure", "diagram", "text"]  # the pipeline's content types; extend here for new ones
@@ -146,6 +147,25 @@ def check_cot_tags(text: str):
         if a2 < b1: return f"<{t2}> must come after </{t1}>; the order is {' -> '.join(COT_TAGS)}"
     return None
 
+# %% ../nbs/01_data.ipynb #46c3d787
+COT_STAGE_RX = re.compile(r"<\s*(/?)\s*(summary|caption|reasoning|conclusion)\s*>", re.I)
+
+def is_structured(text: str) -> bool:
+    "Whether `text` contains any LLaVA-CoT stage tag (any case)."
+    return bool(COT_STAGE_RX.search(text or ""))
+
+def extract_conclusion(text: str) -> tuple:
+    "`(conclusion, how)`: the text of the first <CONCLUSION> stage; how = 'tag' (closed), 'unclosed' (no closing tag) or 'none' (no tag: the whole text)."
+    text = text or ""
+    tags = list(COT_STAGE_RX.finditer(text))
+    start = next((m for m in tags if not m[1] and m[2].lower() == "conclusion"), None)
+    if start is None: return text.strip(), "none"
+    after = [m for m in tags if m.start() >= start.end()]
+    end = next((m for m in after if m[1] and m[2].lower() == "conclusion"), None)
+    if end is not None: return text[start.end():end.start()].strip(), "tag"
+    stop = next((m.start() for m in after), len(text))  # unclosed: up to the next stage tag, or the end
+    return text[start.end():stop].strip(), "unclosed"
+
 # %% ../nbs/01_data.ipynb #8cd01e99
 def to_messages(rec: Record, images_root=None, system_prompt=None) -> list:
     "Qwen2-VL chat messages for a Record: the image (joined to `images_root` if given) leads the first user turn."
@@ -213,7 +233,7 @@ def detect_format(items) -> str:
                 return "llava-cot" if isinstance(ans, str) and ans.lstrip().startswith("<SUMMARY>") else "llava"
     return "pipeline"
 
-# %% ../nbs/01_data.ipynb #d9f55d7d
+# %% ../nbs/01_data.ipynb #4c9ea210
 def _tname(x) -> str:
     return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null", int: "integer", float: "number"}.get(type(x), type(x).__name__)
 
@@ -258,15 +278,18 @@ def _check_metadata(md, fmt):
     if not isinstance(md, dict): return [f"'metadata' must be an object, got {_tname(md)}"]
     if fmt != "pipeline": return []
     probs = []
+    ext = md.get("dataset") if isinstance(md.get("dataset"), str) and md.get("dataset").strip() else None  # converted from another dataset
     hints = {"content_type": f"one of {', '.join(CONTENT_TYPES)}", "section": 'e.g. "21 Clutch"', "page": "the manual page the image shows"}
     for k, hint in hints.items():
         if k not in md: probs.append(f"metadata is missing '{k}'; add it ({hint})")
     ct = md.get("content_type")
-    if "content_type" in md and ct not in CONTENT_TYPES: probs.append(f"metadata.content_type {ct!r} is not one of {', '.join(CONTENT_TYPES)}")
+    if "content_type" in md and ext and (not isinstance(ct, str) or not ct.strip()):
+        probs.append(f"metadata.content_type must name the source subset of {ext} (e.g. chartqa), got {ct!r}")
+    elif "content_type" in md and not ext and ct not in CONTENT_TYPES: probs.append(f"metadata.content_type {ct!r} is not one of {', '.join(CONTENT_TYPES)}")
     sec = md.get("section")
     if "section" in md and (not isinstance(sec, str) or not sec.strip()): probs.append(f"metadata.section must be non-empty text, got {sec!r}")
     pg = md.get("page")
-    if "page" in md and (isinstance(pg, bool) or not isinstance(pg, int) or pg < 0):
+    if "page" in md and not (ext and isinstance(pg, str) and pg.strip()) and (isinstance(pg, bool) or not isinstance(pg, int) or pg < 0):
         probs.append(f"metadata.page must be a non-negative integer, got {_tname(pg)} {pg!r}" + ("; drop the quotes" if isinstance(pg, str) and pg.isdigit() else ""))
     kw = md.get("keywords")
     if kw is not None and (not isinstance(kw, list) or not all(isinstance(k, str) for k in kw)): probs.append("metadata.keywords must be a list of strings")
@@ -489,7 +512,7 @@ def near_duplicates(train, val, threshold=0.9) -> DupReport:
     pairs.sort(key=lambda p: (-p["same_page"], -p["score"], p["train_id"], p["val_id"]))
     return DupReport(pairs, threshold)
 
-# %% ../nbs/01_data.ipynb #6710bd53
+# %% ../nbs/01_data.ipynb #0fe8fca1
 def dataset_features():
     "The `datasets.Features` of a prepared split."
     from datasets import Features, Value, List, Image as HFImage
@@ -503,7 +526,8 @@ def to_row(rec: Record, images_root, system_prompt=None) -> dict:
     for m in msgs: m["content"] = [{"type": "image"} if p["type"] == "image" else p for p in m["content"]]
     md = rec.metadata
     return {"id": rec.id, "images": [str((Path(images_root) / rec.image).resolve())], "messages": msgs,
-            "content_type": md.get("content_type"), "section": md.get("section"), "page": md.get("page"),
+            "content_type": md.get("content_type"), "section": md.get("section"),
+            "page": md.get("page") if isinstance(md.get("page"), int) and not isinstance(md.get("page"), bool) else None,
             "metadata": json.dumps(md, ensure_ascii=False)}
 
 # %% ../nbs/01_data.ipynb #8295d0b8

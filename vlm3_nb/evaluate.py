@@ -10,16 +10,16 @@ from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from typing import Any, Optional
 from .core import Vlm3Error, Config, Thresholds, load_config, save_config, to_dict
-from .data import Record, read_records
+from .data import Record, read_records, check_cot_tags, extract_conclusion, is_structured
 from .infer import predict, load_for_inference
 from .metrics import (score_case, make_judge, judge_metrics, BudgetExceeded, JUDGE_KEYS, NumericExactMatch,
                              KeywordPresence, numeric_match, bleu4)
 
 # %% auto #0
 __all__ = ['CATEGORY_TYPES', 'PROBE_KEYS', 'GROUNDING_KEYS', 'ENV', 'Case', 'val_cases', 'read_probes', 'take', 'load_cases',
-           'check_images', 'probe_passed', 'result_row', 'score_cases', 'metric_means', 'probe_summary',
-           'check_thresholds', 'grounding_subset', 'grounding_check', 'EvalSummary', 'format_summary', 'evaluate',
-           'eval_cmd', 'suite_settings', 'case_metrics', 'case_test_case']
+           'check_images', 'probe_passed', 'result_row', 'expected_conclusion', 'score_cases', 'metric_means',
+           'probe_summary', 'check_thresholds', 'grounding_subset', 'grounding_check', 'EvalSummary', 'format_summary',
+           'structure_summary', 'evaluate', 'eval_cmd', 'suite_settings', 'case_metrics', 'case_test_case']
 
 # %% ../nbs/08_evaluate.ipynb #b7d9b714
 CATEGORY_TYPES = {"specifications": "specification", "procedures": "procedure", "diagrams": "diagram"}  # probe category -> content type
@@ -129,14 +129,23 @@ def probe_passed(metrics: dict) -> Optional[bool]:
     if not ok and metrics.get("geval_correctness", {}).get("status") == "ok": ok = [metrics["geval_correctness"]]
     return all(bool(m["passed"]) for m in ok) if ok else None
 
-def result_row(case, pred, metrics) -> dict:
-    "One line of results.jsonl."
+def result_row(case, pred, metrics, metrics_trace=None) -> dict:
+    "One line of results.jsonl: the full output as `trace`, the scored `conclusion` and how it was found."
+    conc, how = extract_conclusion(pred["prediction"])
     row = dict(id=case.id, kind=case.kind, test_id=case.test_id, content_type=case.content_type, category=case.category,
                section=case.section, page=case.page, image=case.image, question=case.question, expected=case.expected,
                keywords=case.keywords, prediction=pred["prediction"], n_tokens=pred.get("n_tokens"),
-               latency_s=pred.get("latency_s"), cached=pred.get("cached"), metrics=metrics)
+               latency_s=pred.get("latency_s"), cached=pred.get("cached"), metrics=metrics,
+               trace=pred["prediction"], conclusion=conc, conclusion_from=how)
+    if expected_conclusion(case) != case.expected: row["expected_conclusion"] = expected_conclusion(case)
+    if metrics_trace is not None: row["metrics_trace"] = metrics_trace
+    if pred.get("mode"): row["mode"] = pred["mode"]
     row["passed"] = probe_passed(metrics) if case.kind == "probe" else None
     return row
+
+def expected_conclusion(case) -> str:
+    "What an answer is scored against: the expected answer's <CONCLUSION> when it is structured, else the expected answer."
+    return extract_conclusion(case.expected)[0] if case.expected and is_structured(case.expected) else case.expected
 
 def score_cases(cases, # Cases
                 preds, # prediction rows, in the same order
@@ -147,11 +156,15 @@ def score_cases(cases, # Cases
     from tqdm.auto import tqdm
     rows, stopped = [], None
     for c, p in tqdm(list(zip(cases, preds)), desc="score", unit="ex", disable=not progress or judge is None):
-        try: m = score_case(c.question, c.expected, p["prediction"], c.keywords or None, None if stopped else judge, thresholds)
+        conc, exp = extract_conclusion(p["prediction"])[0], expected_conclusion(c)
+        try: m = score_case(c.question, exp, conc, c.keywords or None, None if stopped else judge, thresholds)
         except BudgetExceeded as e: m, stopped = e.partial, str(e)
         if stopped and judge is not None:
             m = {k: (dict(v, reason=stopped) if k in JUDGE_KEYS and v["status"] == "not run" else v) for k, v in m.items()}
-        rows.append(result_row(c, p, m))
+        mt = None
+        if is_structured(p["prediction"]) or is_structured(c.expected):  # the whole trace too, deterministic metrics only
+            mt = {k: v for k, v in score_case(c.question, c.expected, p["prediction"], c.keywords or None, None, thresholds).items() if k not in JUDGE_KEYS}
+        rows.append(result_row(c, p, m, mt))
     return rows
 
 # %% ../nbs/08_evaluate.ipynb #01bc4e32
@@ -196,7 +209,7 @@ def check_thresholds(means, probes, th) -> dict:
         out[k] = dict(threshold=t, value=v, passed=None if v is None else bool(v >= t), status="ok" if v is not None else "not run")
     return out
 
-# %% ../nbs/08_evaluate.ipynb #36828a81
+# %% ../nbs/08_evaluate.ipynb #3bde8094
 GROUNDING_KEYS = ("numeric_exact_match", "keyword_presence", "rouge_l")
 
 def grounding_subset(cases, per_type=20) -> list:
@@ -215,15 +228,16 @@ def grounding_check(cases, # Cases (only val cases are used)
                     out_dir, # prediction cache folder
                     fingerprint, # model fingerprint
                     per_type=20, # val questions per content type
-                    progress=True) -> dict:
+                    progress=True,
+                    mode="single") -> dict: # inference mode, as for the scored answers
     "Metric means with the page and with a blank page of the same size, per content type, and their difference."
     sub = grounding_subset(cases, per_type)
     recs = [c.record for c in sub]
-    page = predict(recs, model, processor, cfg, out_dir, fingerprint, "page", progress)
-    blank = predict(recs, model, processor, cfg, out_dir, fingerprint, "blank", progress)
+    page = predict(recs, model, processor, cfg, out_dir, fingerprint, "page", progress, mode)
+    blank = predict(recs, model, processor, cfg, out_dir, fingerprint, "blank", progress, mode)
     per, rows = defaultdict(list), {}
     for c, p, b in zip(sub, page, blank):
-        sp, sb = (score_case(c.question, c.expected, x["prediction"], c.keywords or None) for x in (p, b))
+        sp, sb = (score_case(c.question, expected_conclusion(c), extract_conclusion(x["prediction"])[0], c.keywords or None) for x in (p, b))
         rows[c.id] = dict(prediction_blank=b["prediction"], metrics_blank={k: sb[k] for k in GROUNDING_KEYS})
         per[c.content_type or "unknown"].append((p["prediction"] != b["prediction"], sp, sb))
     def stats(items):
@@ -237,7 +251,7 @@ def grounding_check(cases, # Cases (only val cases are used)
                 overall=stats([x for v in per.values() for x in v]),
                 by_content_type={ct: stats(v) for ct, v in sorted(per.items())}, rows=rows)
 
-# %% ../nbs/08_evaluate.ipynb #3bde8094
+# %% ../nbs/08_evaluate.ipynb #18c8e7b1
 class EvalSummary(dict):
     "summary.json as a dict, shown as tables in a notebook."
     def _repr_markdown_(self): return format_summary(self)
@@ -265,10 +279,21 @@ def format_summary(s) -> str:
         gr = ["", "| grounding (page - blank) | n | changed | " + " | ".join(GROUNDING_KEYS) + " |", "|---|---|---|---|---|---|"]
         for name, g in list(s["grounding"]["by_content_type"].items()) + [("all", s["grounding"]["overall"])]:
             gr.append(f"| {name} | {g['n']} | {_f(g['changed'], 2)} | " + " | ".join(_f(g[k]["delta"]) for k in GROUNDING_KEYS) + " |")
+    st, sr = s.get("structure") or {}, []
+    if s.get("mode", "single") != "single" or st.get("structured"):
+        sr = ["", f"inference mode {s.get('mode', 'single')}; {st.get('structured', 0)} of {st.get('n', 0)} answers structured, "
+                  f"tag compliance {_f(st.get('tag_compliance'))}; metrics scored on the <CONCLUSION> (found: {st.get('conclusion_from', {})})"]
     verdict = {True: "PASS", False: "FAIL", None: "no threshold could be checked"}[s["passed"]]
-    return "\n".join([head, "", *lines, *ct, *gr, "", f"overall: {verdict}"])
+    return "\n".join([head, "", *lines, *ct, *gr, *sr, "", f"overall: {verdict}"])
 
-# %% ../nbs/08_evaluate.ipynb #957eb7e7
+def structure_summary(rows) -> dict:
+    "How many answers carry LLaVA-CoT tags, how many follow them exactly (all four, once, in order, non-empty), and where the scored conclusions came from."
+    n, tagged = len(rows), sum(is_structured(r["prediction"]) for r in rows)
+    ok = sum(check_cot_tags(r["prediction"]) is None for r in rows)
+    return dict(n=n, structured=tagged, tag_compliant=ok, tag_compliance=(round(ok / n, 4) if n else None),
+                conclusion_from=dict(sorted(Counter(r.get("conclusion_from", "none") for r in rows).items())))
+
+# %% ../nbs/08_evaluate.ipynb #187c162e
 def _warn_preprocessing(adapter, cfg):
     "Warn when the adapter's training run used other prompt or pixel settings than this eval."
     p = Path(adapter).parent / "config.yaml" if adapter else None
@@ -297,11 +322,14 @@ def evaluate(model, # base or merged model folder (or hub id); the baseline is t
              cfg=None, # Config; None = the seed defaults
              grounding=20, # val questions per content type for the grounding check; 0 = off
              device=None, # 'cuda' | 'cpu'; None = CUDA when available
-             progress=True) -> EvalSummary:
+             progress=True,
+             mode=None) -> EvalSummary: # 'single' | 'scratchpad' | 'stage-beam'; None = cfg.generation.mode if the config has it, else 'single'
     "Answer, score and summarize; writes results.jsonl, summary.json and config.yaml into `out`; returns the summary."
     from vlm3_nb.models import model_fingerprint
     t0 = time.perf_counter()
     cfg = copy.deepcopy(cfg) if cfg is not None else Config()
+    mode = mode or getattr(cfg.generation, "mode", None) or "single"
+    if hasattr(cfg.generation, "mode"): cfg.generation.mode = mode  # the saved config.yaml records the mode
     if probes is None: probes = cfg.data.probes_file or None
     cfg.base_model, cfg.data.val_file, cfg.data.images_root, cfg.data.probes_file = str(model), str(data), str(images_root), str(probes or "")
     cases = load_cases(data, probes, max_samples)
@@ -316,9 +344,9 @@ def evaluate(model, # base or merged model folder (or hub id); the baseline is t
     def loader():
         if "m" not in held: held["m"] = load_for_inference(model, adapter, cfg, device)[:2]
         return held["m"]
-    preds = predict([c.record for c in cases], loader, None, cfg, out, fp, progress=progress)
+    preds = predict([c.record for c in cases], loader, None, cfg, out, fp, progress=progress, mode=mode)
     rows = score_cases(cases, preds, jm, cfg.eval.thresholds, progress)
-    g = grounding_check(cases, loader, None, cfg, out, fp, int(grounding), progress) if grounding else None
+    g = grounding_check(cases, loader, None, cfg, out, fp, int(grounding), progress, mode) if grounding else None
     for r in rows:
         if g and r["kind"] == "val" and r["id"] in g["rows"]: r["grounding"] = g["rows"][r["id"]]
     with open(out / "results.jsonl", "w", encoding="utf-8") as f:
@@ -328,13 +356,15 @@ def evaluate(model, # base or merged model folder (or hub id); the baseline is t
     pr = probe_summary(rows, cfg.eval.thresholds.probe_pass_rate)
     th = check_thresholds(means, pr, cfg.eval.thresholds)
     checked = [v["passed"] for v in th.values() if v["passed"] is not None]
-    ref = [r["expected"] for r in val if r["expected"]]
+    ref = [r.get("expected_conclusion", r["expected"]) for r in val if r["expected"]]
+    trace = [r for r in val if "metrics_trace" in r]
     s = EvalSummary(
         model=str(model), adapter=(str(adapter) if adapter else None), fingerprint=fp, data=str(data), images_root=str(images_root),
         probes_file=(str(probes) if probes else None), judge=(judge if isinstance(judge, str) or judge is None else jm.get_model_name()) or "none",
         counts=dict(val=len(val), probes=len(rows) - len(val), total=len(rows), generated=preds.generated, cached=preds.cached,
                     max_samples=max_samples),
-        metrics=means, bleu4_corpus=(round(bleu4(ref, [r["prediction"] for r in val if r["expected"]]), 2) if ref else None),
+        mode=mode, metrics=means, bleu4_corpus=(round(bleu4(ref, [r["conclusion"] for r in val if r["expected"]]), 2) if ref else None),
+        structure=structure_summary(val), metrics_trace=(metric_means([dict(r, metrics=r["metrics_trace"]) for r in trace]) if trace else None),
         by_content_type=_by(val, "content_type"), probes=pr, thresholds=th, passed=(all(checked) if checked else None),
         grounding=({k: v for k, v in g.items() if k != "rows"} if g else dict(n=0, per_type=0)),
         cost=(jm.ledger.to_dict() if getattr(jm, "ledger", None) else dict(usd=0.0, calls=0)),
@@ -343,21 +373,22 @@ def evaluate(model, # base or merged model folder (or hub id); the baseline is t
     (out / "summary.json").write_text(json.dumps(s, indent=2, default=str) + "\n", encoding="utf-8")
     return s
 
-# %% ../nbs/08_evaluate.ipynb #96a4db56
+# %% ../nbs/08_evaluate.ipynb #11d655ad
 def eval_cmd(model, data, images_root, out, adapter=None, probes=None, judge="none", max_samples=None, budget=None,
              config=None, # YAML path or shipped config name; None = the seed defaults
              overrides=None, # ['generation.max_new_tokens=64', ...]
-             grounding=20, strict=False, device=None) -> int:
+             grounding=20, strict=False, device=None,
+             mode=None) -> int: # 'single' | 'scratchpad' | 'stage-beam'; None = the config's generation.mode, else single
     "CLI body of `vlm3 eval`: evaluate, print the summary, return the exit status."
     cfg = load_config(config, overrides)
     s = evaluate(model, data, images_root, out, adapter=adapter, probes=probes, judge=judge, max_samples=max_samples,
-                 budget=budget, cfg=cfg, grounding=grounding, device=device)
+                 budget=budget, cfg=cfg, grounding=grounding, device=device, mode=mode)
     print(format_summary(s))
     o = Path(out)
     print(f"\nwrote {o/'results.jsonl'}, {o/'summary.json'}, {o/'config.yaml'} (prediction cache: {o/'predictions.jsonl'})")
     return 1 if strict and s["passed"] is False else 0
 
-# %% ../nbs/08_evaluate.ipynb #636f3ead
+# %% ../nbs/08_evaluate.ipynb #0fc2ad8b
 ENV = dict(model="VLM3_MODEL", adapter="VLM3_ADAPTER", data="VLM3_DATA", images_root="VLM3_IMAGES_ROOT", probes="VLM3_PROBES",
            judge="VLM3_JUDGE", max_samples="VLM3_MAX_SAMPLES", out="VLM3_EVAL_OUT", config="VLM3_CONFIG", budget="VLM3_BUDGET")
 
@@ -390,16 +421,17 @@ def case_metrics(case, # a Case
                  thresholds=None) -> list: # cfg.eval.thresholds
     "The DeepEval metrics that apply to `case`, with the configured thresholds."
     th = thresholds or Thresholds()
-    ms = []
-    if case.expected and numeric_match(case.expected, case.expected) is not None: ms.append(NumericExactMatch(th.numeric_exact_match))
+    ms, exp = [], expected_conclusion(case)
+    if exp and numeric_match(exp, exp) is not None: ms.append(NumericExactMatch(th.numeric_exact_match))
     if case.keywords: ms.append(KeywordPresence(th.keyword_presence, keywords=list(case.keywords)))
     if judge is not None:
         ms += [m for m in judge_metrics(judge, th) if m.key == "answer_relevancy" or case.expected]
     return ms
 
 def case_test_case(case, prediction: str):
-    "The deepeval LLMTestCase for `case` answered with `prediction`."
+    "The deepeval LLMTestCase for `case` answered with `prediction`, both reduced to their <CONCLUSION> when structured."
     from deepeval.test_case import LLMTestCase
-    return LLMTestCase(input=case.question, actual_output=prediction or "", expected_output=case.expected or None,
-                       retrieval_context=[case.expected] if case.expected else None, name=case.test_id,
+    exp = expected_conclusion(case)
+    return LLMTestCase(input=case.question, actual_output=extract_conclusion(prediction)[0], expected_output=exp or None,
+                       retrieval_context=[exp] if exp else None, name=case.test_id,
                        metadata=dict(keywords=case.keywords, content_type=case.content_type, kind=case.kind, image=case.image))

@@ -18,15 +18,16 @@ from deepeval.models import DeepEvalBaseLLM
 from deepeval.test_case import LLMTestCase, SingleTurnParams
 
 from .core import Vlm3Error, Thresholds, text_sha256
+from .data import extract_conclusion, is_structured  # structured answers are scored on their <CONCLUSION>
 
 # %% auto #0
 __all__ = ['FTLB', 'INLB', 'KGFM', 'CANON', 'UNITS', 'NUMBER_WORDS', 'TORQUE_TOL_NM', 'REL_TOL', 'PRICES', 'EST_CHARS_PER_TOKEN',
            'EST_OUT_TOKENS', 'APPROX_CHARS_PER_TOKEN', 'GEVAL_CRITERIA', 'GEVAL_STEPS', 'JUDGE_KEYS', 'PLAIN_KEYS',
-           'parse_number', 'match_unit', 'Quantity', 'extract_quantities', 'same_quantity', 'split_stages',
-           'numeric_report', 'numeric_match', 'NumericExactMatch', 'stem', 'keyword_report', 'keyword_presence',
-           'KeywordPresence', 'bleu4', 'sentence_bleu4', 'rouge_l', 'Bleu4', 'RougeL', 'price_for', 'BudgetExceeded',
-           'Ledger', 'JudgeCache', 'parse_json_reply', 'CachedJudge', 'LocalJudge', 'make_judge', 'judge_metrics',
-           'score_case']
+           'COCO_METRICS', 'SPICE_NOTE', 'BLEU_NOTE', 'parse_number', 'match_unit', 'Quantity', 'extract_quantities',
+           'same_quantity', 'split_stages', 'numeric_report', 'numeric_match', 'NumericExactMatch', 'stem',
+           'keyword_report', 'keyword_presence', 'KeywordPresence', 'bleu4', 'sentence_bleu4', 'rouge_l', 'Bleu4',
+           'RougeL', 'price_for', 'BudgetExceeded', 'Ledger', 'JudgeCache', 'parse_json_reply', 'CachedJudge',
+           'LocalJudge', 'make_judge', 'judge_metrics', 'score_case', 'caption_scores']
 
 # %% ../nbs/07_metrics.ipynb #6918728b
 def parse_number(s: str) -> float:
@@ -623,3 +624,77 @@ def score_case(question: str, expected: str, prediction: str, keywords: Optional
             e.partial = out
             raise
     return out
+
+# %% ../nbs/07_metrics.ipynb #e3c47d60
+COCO_METRICS = ("bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "cider")
+SPICE_NOTE = "not run: pycocoevalcap's SPICE downloads Stanford CoreNLP models on first use, which needs network access"
+BLEU_NOTE = ("BLEU-n from pycocoevalcap are 0-1 on PTB-tokenized, lower-cased text without punctuation; sacrebleu is 0-100 on "
+             "case-sensitive text with punctuation as tokens (13a tokenizer). They are not comparable with each other.")
+
+_CTRL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+_METEOR = {}
+
+def _meteor():
+    "One METEOR scorer (a Java process) per Python process: starting it loads METEOR's paraphrase tables, about 10 s."
+    from pycocoevalcap.meteor.meteor import Meteor
+    m = _METEOR.get("m")
+    if m is None or m.meteor_p.poll() is not None: m = _METEOR["m"] = Meteor()
+    return m
+
+def _java_check():
+    import shutil
+    if not shutil.which("java"):
+        raise Vlm3Error("caption metrics need Java (pycocoevalcap runs the PTB tokenizer and METEOR on it): install a JRE, e.g. apt-get install openjdk-17-jre-headless")
+
+def _quiet(fn, *a):
+    import contextlib, io
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()): return fn(*a)
+
+def _ptb_tokenize(caps: dict) -> dict:
+    "pycocoevalcap's PTB tokenizer with the Java process's stderr (progress lines, 'Untokenizable' warnings) captured, shown only on failure."
+    import sys, tempfile
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+    tok, err = {}, ""
+    with tempfile.TemporaryFile() as f:
+        sys.stderr.flush(); saved = os.dup(2); os.dup2(f.fileno(), 2)
+        try: tok = PTBTokenizer().tokenize(caps)
+        finally:
+            os.dup2(saved, 2); os.close(saved); f.seek(0); err = f.read().decode("utf-8", "replace")
+    if set(tok) != set(caps) or any(len(tok[k]) != len(caps[k]) for k in caps):
+        raise Vlm3Error(f"the PTB tokenizer (Java) returned {sum(map(len, tok.values()))} of {sum(map(len, caps.values()))} captions; its log: {err.strip()[-500:]}")
+    return tok
+
+def caption_scores(refs: dict, # {image_id: [reference caption, ...]}
+                   hyps: dict, # {image_id: generated caption}
+                   meteor: bool = True) -> dict: # METEOR's Java process takes ~10 s to start (once per process); off for quick checks
+    "COCO caption metrics (pycocoevalcap, PTB tokenizer) and sacrebleu corpus BLEU; corpus scores plus per-image scores."
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.rouge.rouge import Rouge
+    from pycocoevalcap.cider.cider import Cider
+    miss = [i for i in hyps if i not in refs]
+    if miss: raise Vlm3Error(f"caption_scores: {len(miss)} hypotheses have no references (e.g. image id {miss[0]!r}); key both by the same image ids")
+    ids = [i for i in refs if i in hyps]
+    if not ids: raise Vlm3Error("caption_scores: no image has both references and a hypothesis")
+    empty = [i for i in ids if not refs[i] or not all(isinstance(r, str) for r in refs[i])]
+    if empty: raise Vlm3Error(f"caption_scores: image {empty[0]!r} has no reference captions (or a non-string one); every image needs at least one")
+    _java_check()
+    clean = lambda s: _CTRL.sub(" ", s or "")  # the tokenizer reads one caption per line: no line breaks or control characters inside one
+    both = {("r", k): [{"caption": clean(c)} for c in refs[i]] for k, i in enumerate(ids)}
+    both.update({("h", k): [{"caption": clean(hyps[i])}] for k, i in enumerate(ids)})
+    tok = _ptb_tokenize(both)  # one JVM start for references and hypotheses
+    gts, res = {k: tok[("r", k)] for k in range(len(ids))}, {k: tok[("h", k)] for k in range(len(ids))}
+    out, per = {}, {m: [] for m in COCO_METRICS}
+    b, bs = _quiet(Bleu(4).compute_score, gts, res, 0)
+    for n in range(4): out[f"bleu{n + 1}"], per[f"bleu{n + 1}"] = float(b[n]), [float(x) for x in bs[n]]
+    if meteor:
+        out["meteor"], s = _quiet(_meteor().compute_score, gts, res); per["meteor"] = [float(x) for x in s]
+    else: out["meteor"], per["meteor"] = None, [None] * len(ids)
+    r, rs = Rouge().compute_score(gts, res); out["rouge_l"], per["rouge_l"] = float(r), [float(x) for x in rs]
+    c, cs = Cider().compute_score(gts, res); out["cider"], per["cider"] = float(c), [float(x) for x in cs]
+    k = max(len(refs[i]) for i in ids)
+    streams = [[refs[i][j] if j < len(refs[i]) else None for i in ids] for j in range(k)]  # None: fewer references for that image
+    out["sacrebleu"] = sacrebleu.corpus_bleu([hyps[i] or "" for i in ids], streams).score
+    per["sacrebleu"] = [sacrebleu.sentence_bleu(hyps[i] or "", list(refs[i])).score for i in ids]
+    return dict(n=len(ids), **{m: (round(v, 6) if v is not None else None) for m, v in out.items()}, spice=SPICE_NOTE,
+                note=BLEU_NOTE, per_image={str(i): {m: per[m][j] for m in per} for j, i in enumerate(ids)})

@@ -18,9 +18,10 @@ from .data import CONTENT_TYPES, split_by_page, write_jsonl
 __all__ = ['GROUPS', 'FTLB_PER_NM', 'UNITS', 'LAYOUTS', 'SHAPES', 'SIZES', 'W', 'H', 'M', 'BOTTOM', 'LH', 'ORDER', 'DRAW',
            'Q_TORQUE', 'A_TORQUE', 'Q_VALUE', 'A_VALUE', 'Q_STAGES', 'A_STAGES', 'Q_STAGE', 'Q_PROC', 'Q_STEP',
            'Q_TOOLS', 'Q_CALLOUT', 'A_CALLOUT', 'Q_WHERE', 'A_WHERE', 'Q_PARTS', 'Q_FIG', 'Q_TEXT', 'Q_WARN',
-           'Q_WARN_ALL', 'PROBE_QUOTA', 'PROBE_PREFIX', 'STYLES', 'fmt_torque', 'fmt_value', 'fmt_stages', 'Page',
-           'font', 'layout', 'render', 'plan_pages', 'page_facts', 'page_qa', 'corpus_text', 'make_probes',
-           'synthesize', 'synth_cmd']
+           'Q_WARN_ALL', 'PROBE_QUOTA', 'PROBE_PREFIX', 'BLOCK_WHERE', 'CT_ASKS', 'KIND_NOUN', 'STYLES', 'fmt_torque',
+           'fmt_value', 'fmt_stages', 'Page', 'font', 'layout', 'render', 'plan_pages', 'page_facts', 'page_qa',
+           'corpus_text', 'make_probes', 'page_caption', 'cot_answer', 'page_references', 'coco_captions', 'synthesize',
+           'synth_cmd']
 
 # %% ../nbs/02_synth.ipynb #fa589077
 GROUPS = {
@@ -707,7 +708,7 @@ Q_TEXT = ["{q}", "According to the text, {ql}", "Based on this page, {ql}"]
 Q_WARN = ["{q}", "According to the {lv} on this page, {ql}"]
 Q_WARN_ALL = ["What {lv} is given on this page?", "What does the {lv} box say?"]
 
-def _fact(ct, block, qs, ans, kw=None, probe=None): return dict(ct=ct, block=block, qs=qs, ans=ans, kw=kw, probe=probe)
+def _fact(ct, block, qs, ans, kw=None, probe=None, src=""): return dict(ct=ct, block=block, qs=qs, ans=ans, kw=kw, probe=probe, src=src)
 
 def _terms_in(s, terms):
     "Terms found in `s`, longest first, skipping any inside an already found one (case-insensitive)."
@@ -722,53 +723,67 @@ def _spec_facts(b):
         for i, nm in b["rows"]:
             f = dict(i=_lc(i), I=i, v=fmt_torque(nm, b["ftlb"]))
             yield _fact("specification", "torques", [q.format(**f) for q in Q_TORQUE], [a.format(**f) for a in A_TORQUE],
-                        probe=dict(category="specifications", question=f"What is the torque specification for the {f['i']}?", expected_answer=f["v"]))
+                        probe=dict(category="specifications", question=f"What is the torque specification for the {f['i']}?", expected_answer=f["v"]),
+                        src=f"the row '{i}' of the '{b['title']}' table reads {f['v']}")
     elif b["kind"] == "values":
         for i, v in b["rows"]:
             f = dict(i=_lc(i), I=i, v=v)
             yield _fact("specification", "values", [q.format(**f) for q in Q_VALUE], [a.format(**f) for a in A_VALUE],
-                        probe=dict(category="specifications", question=f"What is the specified {f['i']}?", expected_answer=v))
+                        probe=dict(category="specifications", question=f"What is the specified {f['i']}?", expected_answer=v),
+                        src=f"the row '{i}' of the '{b['title']}' table reads {v}")
     else:
         i, st = _lc(b["item"]), b["stages"]; v = fmt_stages(st)
         yield _fact("specification", "stages", [q.format(i=i) for q in Q_STAGES], [a.format(i=i, v=v, n=len(st)) for a in A_STAGES],
                     probe=dict(category="specifications", question=f"What is the torque specification for the {i}?", expected_answer=v,
-                               rank=0 if b["item"] == "Cylinder head bolts" else 1))
-        for n, s in enumerate(st, 1): yield _fact("specification", "stages", [q.format(i=i, k=n) for q in Q_STAGE], [f"Stage {n} for the {i} is {s}."])
+                               rank=0 if b["item"] == "Cylinder head bolts" else 1),
+                    src=f"the tightening sequence box for the {i} lists {len(st)} stages: {v}")
+        for n, s in enumerate(st, 1): yield _fact("specification", "stages", [q.format(i=i, k=n) for q in Q_STAGE], [f"Stage {n} for the {i} is {s}."],
+                                                  src=f"in the tightening sequence box for the {i}, stage {n} reads {s}")
 
 def _procedure_facts(b, terms):
     t, steps = b["task"], b["steps"]
     full = "\n".join(f"{n}. {s}" for n, s in enumerate(steps, 1))
     yield _fact("procedure", "procedure", [q.format(t=t) for q in Q_PROC], [f"To {t}:\n{full}", full], b["keywords"],
                 probe=dict(category="procedures", question=f"What are the steps to {t}?", expected_keywords=b["keywords"],
-                           rank=0 if b["name"].startswith("Clutch assembly") else 1))
+                           rank=0 if b["name"].startswith("Clutch assembly") else 1),
+                src=f"the procedure '{b['name']}' lists {len(steps)} numbered steps, from '{steps[0]}' to '{steps[-1]}'")
     for n, s in enumerate(steps, 1):
-        if kw := _terms_in(s, terms): yield _fact("procedure", "procedure", [q.format(t=t, k=n, name=b["name"]) for q in Q_STEP], [f"Step {n}: {s}", s], kw)
+        if kw := _terms_in(s, terms): yield _fact("procedure", "procedure", [q.format(t=t, k=n, name=b["name"]) for q in Q_STEP], [f"Step {n}: {s}", s], kw,
+                                                  src=f"step {n} of the procedure '{b['name']}' reads: {s}")
     if b["tools"]:
         names = [re.sub(r"^[\d ]+", "", x) for x in b["tools"]]
         yield _fact("procedure", "procedure", [q.format(t=t) for q in Q_TOOLS], ["The procedure uses: " + "; ".join(b["tools"]) + "."], names,
-                    probe=dict(category="procedures", question=f"Which special tools are needed to {t}?", expected_keywords=names))
+                    probe=dict(category="procedures", question=f"Which special tools are needed to {t}?", expected_keywords=names),
+                    src=f"the special tools line of the procedure '{b['name']}' lists " + "; ".join(b["tools"]))
 
 def _diagram_facts(b):
     d, parts = _lc(b["title"]), b["parts"]
     for n, p in enumerate(parts, 1):
         f = dict(k=n, p=_lc(p), P=p, d=d)
         yield _fact("diagram", "diagram", [q.format(**f) for q in Q_CALLOUT], [a.format(**f) for a in A_CALLOUT], [p],
-                    probe=dict(category="diagrams", question=f"In the {d} diagram, which part is number {n}?", expected_keywords=[p]))
-        yield _fact("diagram", "diagram", [q.format(**f) for q in Q_WHERE], [a.format(**f) for a in A_WHERE], [p])
+                    probe=dict(category="diagrams", question=f"In the {d} diagram, which part is number {n}?", expected_keywords=[p]),
+                    src=f"in the legend of the {d} exploded view, number {n} is the {_lc(p)}")
+        yield _fact("diagram", "diagram", [q.format(**f) for q in Q_WHERE], [a.format(**f) for a in A_WHERE], [p],
+                    src=f"in the legend of the {d} exploded view, the {_lc(p)} is number {n}")
     lst = ", ".join(f"{n} {p}" for n, p in enumerate(parts, 1))
     yield _fact("diagram", "diagram", [q.format(d=d) for q in Q_PARTS], [f"The diagram shows: {lst}."], list(parts),
-                probe=dict(category="diagrams", question=f"Which numbered parts does the {d} diagram show?", expected_keywords=list(parts)))
-    yield _fact("diagram", "diagram", Q_FIG, [f"It shows the {d} in an exploded view with {len(parts)} numbered parts."], [d])
+                probe=dict(category="diagrams", question=f"Which numbered parts does the {d} diagram show?", expected_keywords=list(parts)),
+                src=f"the legend of the {d} exploded view names {len(parts)} numbered parts")
+    yield _fact("diagram", "diagram", Q_FIG, [f"It shows the {d} in an exploded view with {len(parts)} numbered parts."], [d],
+                src=f"the exploded view is titled '{b['title']}' and its legend numbers {len(parts)} parts")
 
 def _text_facts(b, levels):
     if b["kind"] == "text":
-        for f in b["facts"]: yield _fact("text", "text", [x.format(q=f["q"], ql=_lc(f["q"])) for x in Q_TEXT], [f["a"]], f["kw"] or None)
+        for f in b["facts"]: yield _fact("text", "text", [x.format(q=f["q"], ql=_lc(f["q"])) for x in Q_TEXT], [f["a"]], f["kw"] or None,
+                                         src=f"the '{b['heading']}' text says: {f['sentence']}")
         return
     lv, q = b["level"].lower(), b["q"]
     yield _fact("text", "warning", [x.format(q=q, ql=_lc(q), lv=lv) for x in Q_WARN], [b["a"]], b["kw"],
-                probe=dict(category="safety", question=q, expected_keywords=b["kw"], rank=0 if b["level"] == "WARNING" else 1))
+                probe=dict(category="safety", question=q, expected_keywords=b["kw"], rank=0 if b["level"] == "WARNING" else 1),
+                src=f"the {b['level']} box says: {b['body']}")
     if levels[b["level"]] == 1:  # "what warning is given?" has one answer only when there is one such box
-        yield _fact("text", "warning", [x.format(lv=lv) for x in Q_WARN_ALL], [f"{b['level']}: {b['body']}"], b["kw"])
+        yield _fact("text", "warning", [x.format(lv=lv) for x in Q_WARN_ALL], [f"{b['level']}: {b['body']}"], b["kw"],
+                    src=f"the page has one {b['level']} box, which says: {b['body']}")
 
 def page_facts(pg: Page) -> list:
     "Every question the drawn page can answer, with its phrasings, answers, content type and keywords."
@@ -801,7 +816,7 @@ def page_qa(pg: Page, # a laid-out page
             if len(out) >= n: return out
             q = f["qs"][(s + r) % len(f["qs"])]
             if q in seen: continue
-            seen.add(q); out.append(dict(q=q, a=rng.choice(f["ans"]), ct=f["ct"], block=f["block"], kw=f["kw"]))
+            seen.add(q); out.append(dict(q=q, a=rng.choice(f["ans"]), ct=f["ct"], block=f["block"], kw=f["kw"], src=f["src"]))
     return out
 
 # %% ../nbs/02_synth.ipynb #c19ca4e1
@@ -861,18 +876,76 @@ def make_probes(pgs, # laid-out pages
     return [_probe_dict(c, val_images, num) for c in sorted(picked, key=lambda c: (list(PROBE_QUOTA).index(c[5]["category"]), c[2], c[3]))]
 
 # %% ../nbs/02_synth.ipynb #70b63ebd
-STYLES = ("plain",)
+BLOCK_WHERE = dict(torques="the tightening torque table", values="the test and adjustment values table", stages="the tightening sequence box",
+                   procedure="the numbered procedure", diagram="the exploded view and its legend", text="the text", warning="the warning box")
+CT_ASKS = dict(specification="a specification value", procedure="a repair procedure", diagram="a part in the exploded view", text="information from the text",
+               warning="a safety instruction")
 
-def _record(pg, j, x):
+def _block_desc(b) -> str:
+    k = b["kind"]
+    if k in ("torques", "values"): return f"a '{b['title']}' table with {len(b['rows'])} rows"
+    if k == "stages": return f"a tightening sequence for the {_lc(b['item'])} in {len(b['stages'])} stages"
+    if k == "procedure": return f"the procedure '{b['name']}' in {len(b['steps'])} numbered steps"
+    if k == "diagram": return f"an exploded view of the {_lc(b['title'])} with {len(b['parts'])} numbered parts"
+    if k == "text": return "a note" if b["heading"] == "Note" else f"a '{b['heading']}' text section"
+    return f"a {b['level']} box"
+
+def _and(xs): return xs[0] if len(xs) == 1 else ", ".join(xs[:-1]) + " and " + xs[-1]
+
+def page_caption(pg: Page) -> str:
+    "One sentence describing what the laid-out page shows, block by block."
+    return f"Page {pg.stem} of the {pg.section} section of the repair manual shows {_and([_block_desc(b) for b in pg.blocks])}."
+
+def cot_answer(pg: Page, # the laid-out page
+               x: dict) -> str: # a pair from `page_qa` (q, a, ct, block, src)
+    "The pair's answer in LLaVA-CoT's four tagged stages; the conclusion is the plain answer."
+    where = BLOCK_WHERE[x["block"]]
+    s = f"The question asks for {CT_ASKS.get(x['block'], CT_ASKS[x['ct']])}. I will look for it in {where} on page {pg.stem} and answer from what it says."
+    r = f"The answer is in {where}: {x['src'].rstrip('.')}. That is exactly what the question asks, so the answer follows directly from it."
+    return (f"<SUMMARY>{s}</SUMMARY>\n\n<CAPTION>{page_caption(pg)}</CAPTION>\n\n"
+            f"<REASONING>{r}</REASONING>\n\n<CONCLUSION>{x['a']}</CONCLUSION>")
+
+# %% ../nbs/02_synth.ipynb #04c33b6e
+KIND_NOUN = dict(specification="specification", procedure="procedure", diagram="exploded-view", text="general information")
+
+def page_references(pg: Page, # the laid-out page
+                    seed=0) -> list: # the order of blocks in one reference depends on this
+    "Five reference captions of a page, built from its blocks."
+    ds = [_block_desc(b) for b in pg.blocks]
+    rng = random.Random(f"vlm3-captions:{seed}:{pg.page}")
+    mixed = rng.sample(ds, len(ds))
+    t = pg.title.lower()
+    return [page_caption(pg),
+            f"{'An' if t[0] in 'aeiou' else 'A'} {t} {KIND_NOUN[pg.layout]} page from a car service manual with {ds[0]}.",
+            f"A repair manual page about the {t} showing {_and(mixed)}.",
+            f"Service manual page {pg.stem}: {_and(ds[:2])}.",
+            f"A workshop manual page for the {t} section, {len(ds)} blocks including {ds[0]}."]
+
+def coco_captions(pgs, # laid-out pages
+                  val_images=(), # image paths of val pages (for the `split` field)
+                  seed=0) -> dict:
+    "The pages' reference captions in COCO caption format."
+    val_images, images, anns = set(val_images), [], []
+    for pg in pgs:
+        images.append(dict(id=pg.page, file_name=pg.image, split="val" if pg.image in val_images else "train", section=pg.section))
+        anns += [dict(id=len(anns) + k, image_id=pg.page, caption=c) for k, c in enumerate(page_references(pg, seed), 1)]
+    return dict(info=dict(description="vlm3_nb synthetic manual: reference captions from page content", seed=seed),
+                images=images, annotations=anns)
+
+# %% ../nbs/02_synth.ipynb #e2507860
+STYLES = ("plain", "llava-cot")
+
+def _record(pg, j, x, style="plain"):
     md = dict(content_type=x["ct"], section=pg.section, page=pg.page, block=x["block"])
     if x["kw"]: md["keywords"] = list(x["kw"])
-    return dict(id=f"{pg.stem}-q{j:02d}", image=pg.image, conversations=[dict(role="user", content=x["q"]), dict(role="assistant", content=x["a"])], metadata=md)
+    a = cot_answer(pg, x) if style == "llava-cot" else x["a"]
+    return dict(id=f"{pg.stem}-q{j:02d}", image=pg.image, conversations=[dict(role="user", content=x["q"]), dict(role="assistant", content=a)], metadata=md)
 
 def synthesize(out, # folder for images/, vlm_train.jsonl, vlm_val.jsonl, manual_probes.json
                pages=24, # pages to render (the seed's set is ~1034 pages)
                seed=0, # same seed, same bytes
                qa_per_page=6, # pairs per page (the seed averages ~12)
-               style="plain", # answer style; only 'plain' so far
+               style="plain", # answer style: 'plain' or 'llava-cot' (SUMMARY/CAPTION/REASONING/CONCLUSION)
                val_frac=0.1) -> dict: # fraction of pages held out for validation
     "Render a synthetic service manual and its grounded Q&A set; returns a summary with counts and paths."
     if style not in STYLES: raise Vlm3Error(f"unknown style {style!r}; use one of: {', '.join(STYLES)}")
@@ -887,22 +960,26 @@ def synthesize(out, # folder for images/, vlm_train.jsonl, vlm_val.jsonl, manual
     pgs, recs = plan_pages(int(pages), seed), []
     for pg in tqdm(pgs, desc="synth pages", disable=len(pgs) < 100):
         render(pg).save(out / pg.image, quality=85)
-        recs += [_record(pg, j, x) for j, x in enumerate(page_qa(pg, int(qa_per_page), seed), 1)]
+        recs += [_record(pg, j, x, style) for j, x in enumerate(page_qa(pg, int(qa_per_page), seed), 1)]
     train, val = split_by_page(recs, val_frac=val_frac, seed=seed)
     paths = dict(train=write_jsonl(train, out / "vlm_train.jsonl"), val=write_jsonl(val, out / "vlm_val.jsonl"), images=out / "images")
     probes = make_probes(pgs, {r["image"] for r in val})
     paths["probes"] = out / "manual_probes.json"
     paths["probes"].write_text(json.dumps(probes, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    caps = coco_captions(pgs, {r["image"] for r in val}, seed)
+    paths["captions"] = out / "captions_coco.json"
+    paths["captions"].write_text(json.dumps(caps, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     man = dict(generator="vlm3_nb.synth", pages=len(pgs), seed=seed, qa_per_page=int(qa_per_page), style=style, val_frac=val_frac,
                pairs=len(recs), train=len(train), val=len(val), train_pages=len({r["image"] for r in train}), val_pages=len({r["image"] for r in val}),
-               content_types=dict(sorted(Counter(r["metadata"]["content_type"] for r in recs).items())), probes=len(probes))
+               content_types=dict(sorted(Counter(r["metadata"]["content_type"] for r in recs).items())), probes=len(probes),
+               captions=len(caps["annotations"]))
     paths["manifest"] = out / "synth.json"
     paths["manifest"].write_text(json.dumps(man, indent=2) + "\n", encoding="utf-8")
     dt = time.perf_counter() - t0
-    return dict(out=str(out), **{k: v for k, v in man.items() if k not in ("generator", "style", "seed", "qa_per_page", "val_frac")},
+    return dict(out=str(out), **{k: v for k, v in man.items() if k not in ("generator", "seed", "qa_per_page", "val_frac")},
                 seconds=round(dt, 2), pages_per_s=round(len(pgs) / dt, 1), paths={k: str(v) for k, v in paths.items()})
 
-# %% ../nbs/02_synth.ipynb #34780e44
+# %% ../nbs/02_synth.ipynb #9ad67379
 def synth_cmd(out, pages=24, seed=0, qa_per_page=6, style="plain") -> int:
     "CLI body of `vlm3 synth`: synthesize, then print where everything is; returns the exit code."
     s = synthesize(out, pages=pages, seed=seed, qa_per_page=qa_per_page, style=style)
@@ -911,6 +988,6 @@ def synth_cmd(out, pages=24, seed=0, qa_per_page=6, style="plain") -> int:
     print(f"  content types: {', '.join(f'{k} {v}' for k, v in s['content_types'].items())}")
     print(f"  train: {p['train']} ({s['train']} pairs, {s['train_pages']} pages)")
     print(f"  val:   {p['val']} ({s['val']} pairs, {s['val_pages']} pages)")
-    print(f"  images: {p['images']}/  probes: {p['probes']} ({s['probes']})")
+    print(f"  images: {p['images']}/  probes: {p['probes']} ({s['probes']})  captions: {p['captions']} ({s['captions']}, COCO format)")
     print(f"  use: data.train_file={p['train']} data.val_file={p['val']} data.images_root={s['out']} data.probes_file={p['probes']}")
     return 0
