@@ -79,3 +79,14 @@ def test_bad_data_path_exits_2_naming_the_file(tiny, manual, tmp_path):
     r = vlm3("eval", "--model", tiny, "--data", tmp_path / "nope.jsonl", "--images-root", manual, "--out", tmp_path / "o")
     assert r.returncode == 2, r.stdout + r.stderr
     assert "nope.jsonl" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_eval_backend_modal_without_token_fails_fast(tiny, manual, tmp_path):
+    "--backend modal is real: without a Modal token it stops at once with the fix, before generating anything."
+    env = {k: "" for k in ("MODAL_TOKEN_ID", "MODAL_TOKEN_SECRET")}
+    env["HOME"] = str(tmp_path)  # no ~/.modal.toml
+    r = vlm3("eval", "--model", tiny, "--data", manual / "vlm_val.jsonl", "--images-root", manual, "--out", tmp_path / "e",
+             "--backend", "modal", "--config", "demo_tiny", *FAST, env=env, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert "modal token new" in r.stderr
+    assert not (tmp_path / "e" / "results.jsonl").exists()
