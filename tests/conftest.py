@@ -20,3 +20,12 @@ def manual(tmp_path_factory):
     r = vlm3("synth", "--out", out, "--pages", 6, "--seed", 1)
     assert r.returncode == 0, r.stderr
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    "The tiny offline Qwen2-VL, built once per test session through the CLI."
+    out = tmp_path_factory.mktemp("tiny") / "model"
+    r = vlm3("build-tiny", "--out", out)
+    assert r.returncode == 0, r.stderr
+    return out

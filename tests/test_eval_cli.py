@@ -7,14 +7,6 @@ from conftest import vlm3, ROOT, BIN
 FAST = ["generation.max_new_tokens=8", "generation.batch_size=8", "data.max_pixels=12544"]  # seconds, not minutes
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    out = tmp_path_factory.mktemp("tiny") / "model"
-    r = vlm3("build-tiny", "--out", out)
-    assert r.returncode == 0, r.stderr
-    return out
-
-
 def _eval(tiny, manual, out, *extra):
     return vlm3("eval", "--model", tiny, "--data", manual / "vlm_val.jsonl", "--images-root", manual, "--out", out,
                 "--probes", manual / "manual_probes.json", "--max-samples", 4, "--grounding", 2, "--config", "demo_tiny", *extra, *FAST)

@@ -37,14 +37,6 @@ def published_layout(root, part_size=8192):
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    out = tmp_path_factory.mktemp("tiny") / "model"
-    r = vlm3("build-tiny", "--out", out)
-    assert r.returncode == 0, r.stderr
-    return out
-
-
-@pytest.fixture(scope="module")
 def cot_manual(tmp_path_factory):
     out = tmp_path_factory.mktemp("cot-manual")
     r = vlm3("synth", "--out", out, "--pages", 6, "--seed", 1, "--qa-per-page", 3, "--style", "llava-cot")
