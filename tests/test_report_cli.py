@@ -116,3 +116,21 @@ def test_report_images_root_override(tmp_path):
     assert r.returncode == 0, r.stderr
     page = (tmp_path / "r2" / "eval_report.html").read_text(encoding="utf-8")
     assert "page image not found" not in page and "data:image/jpeg;base64," in page
+
+
+def test_eval_report_notebook_runs_the_eval_then_reports(tiny, manual, tmp_path):
+    "papermill runs the eval itself when given a model; backend=modal is real and fails fast without a token."
+    import os, subprocess, sys
+    from pathlib import Path
+    nb = Path(__file__).resolve().parents[1] / "nbs" / "runs" / "eval_report.ipynb"
+    pm = [str(Path(sys.executable).parent / "papermill"), str(nb)]
+    common = ["-k", "python3", "-p", "model", str(tiny), "-p", "data", str(manual / "vlm_val.jsonl"), "-p", "images_root", str(manual),
+              "-p", "config", "demo_tiny", "-p", "max_samples", "3"]
+    r = subprocess.run(pm + [str(tmp_path / "r.ipynb"), *common, "-p", "eval_dir", str(tmp_path / "ev")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (tmp_path / "ev" / "results.jsonl").is_file() and (tmp_path / "ev" / "summary.json").is_file()
+    env = {**os.environ, "MODAL_TOKEN_ID": "", "MODAL_TOKEN_SECRET": "", "HOME": str(tmp_path)}
+    r = subprocess.run(pm + [str(tmp_path / "r2.ipynb"), *common, "-p", "eval_dir", str(tmp_path / "ev2"), "-p", "backend", "modal"],
+                       capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode != 0 and "modal token new" in r.stdout + r.stderr
+    assert not (tmp_path / "ev2" / "results.jsonl").exists()
