@@ -29,3 +29,23 @@ def tiny(tmp_path_factory):
     r = vlm3("build-tiny", "--out", out)
     assert r.returncode == 0, r.stderr
     return out
+
+
+def random_adapter_run(tmp, manual_seed):
+    """The tiny model, a 3-page manual, and a LoRA adapter with random (non-zero) B weights saved as a training run saves it.
+    Returns (tiny, manual, cfg, adapter_dir)."""
+    import torch
+    from vlm3_nb.core import load_config, save_config
+    from vlm3_nb.models import apply_lora, build_tiny, load_base
+    from vlm3_nb.synth import synthesize
+    tiny = build_tiny(tmp / "tiny")
+    man = tmp / "manual"; synthesize(man, pages=3, seed=manual_seed)
+    cfg = load_config("demo_tiny", {"base_model": str(tiny), "data.images_root": str(man), "data.max_pixels": 12544,
+                                    "generation.max_new_tokens": 8, "generation.batch_size": 4})
+    torch.manual_seed(0)
+    pm = apply_lora(load_base(cfg, "cpu")[0], cfg)
+    with torch.no_grad():
+        for n, p in pm.named_parameters():
+            if "lora_B" in n: p.normal_(0, 0.5)
+    run = tmp / "run"; pm.save_pretrained(run / "adapter"); save_config(cfg, run / "config.yaml")
+    return tiny, man, cfg, run / "adapter"

@@ -6,6 +6,7 @@ import base64, json, os, subprocess, sys, time
 from pathlib import Path
 from types import SimpleNamespace
 import pytest, torch
+from conftest import random_adapter_run
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,23 +23,11 @@ def run_py(code, env=None, timeout=300):
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     "The tiny model, a 3-page manual prepared as `vlm3 prepare` does (save_to_disk), and a random-weight adapter run."
-    from vlm3_nb.core import load_config, save_config
     from vlm3_nb.data import prepare_datasets, read_records
-    from vlm3_nb.models import apply_lora, build_tiny, load_base
-    from vlm3_nb.synth import synthesize
     tmp = tmp_path_factory.mktemp("modal")
-    tiny = build_tiny(tmp / "tiny")
-    man = tmp / "manual"; synthesize(man, pages=3, seed=3)
+    tiny, man, cfg, adapter = random_adapter_run(tmp, manual_seed=3)
     prepare_datasets(man / "vlm_train.jsonl", man / "vlm_val.jsonl", man, tmp / "ds")
-    cfg = load_config("demo_tiny", {"base_model": str(tiny), "data.images_root": str(man), "data.max_pixels": 12544,
-                                    "generation.max_new_tokens": 8, "generation.batch_size": 4})
-    torch.manual_seed(0)
-    pm = apply_lora(load_base(cfg, "cpu")[0], cfg)
-    with torch.no_grad():
-        for n, p in pm.named_parameters():
-            if "lora_B" in n: p.normal_(0, 0.5)
-    run = tmp / "run"; pm.save_pretrained(run / "adapter"); save_config(cfg, run / "config.yaml"); del pm
-    return SimpleNamespace(tmp=tmp, tiny=tiny, man=man, ds=tmp / "ds", cfg=cfg, adapter=run / "adapter",
+    return SimpleNamespace(tmp=tmp, tiny=tiny, man=man, ds=tmp / "ds", cfg=cfg, adapter=adapter,
                            recs=read_records(man / "vlm_val.jsonl"))
 
 

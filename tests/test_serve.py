@@ -6,6 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 import httpx, pytest, torch
+from conftest import random_adapter_run
 
 torch.set_num_threads(1)  # faster for the tiny model on a shared CPU
 
@@ -20,27 +21,15 @@ class Capture(logging.Handler):
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     "Tiny model, a 3-page manual, an adapter saved as a training run saves it, and what `vlm3 eval` predicted for the val set."
-    from vlm3_nb.core import load_config, save_config
     from vlm3_nb.data import read_records
     from vlm3_nb.evaluate import evaluate
-    from vlm3_nb.models import apply_lora, build_tiny, load_base
-    from vlm3_nb.synth import synthesize
     tmp = tmp_path_factory.mktemp("serve")
-    tiny = build_tiny(tmp / "tiny")
-    man = tmp / "manual"; synthesize(man, pages=3, seed=2)
-    cfg = load_config("demo_tiny", {"base_model": str(tiny), "data.images_root": str(man), "data.max_pixels": 12544,
-                                    "generation.max_new_tokens": 8, "generation.batch_size": 4})
-    torch.manual_seed(0)
-    pm = apply_lora(load_base(cfg, "cpu")[0], cfg)
-    with torch.no_grad():
-        for n, p in pm.named_parameters():
-            if "lora_B" in n: p.normal_(0, 0.5)
-    run = tmp / "run"; pm.save_pretrained(run / "adapter"); save_config(cfg, run / "config.yaml"); del pm
-    s = evaluate(tiny, man / "vlm_val.jsonl", man, tmp / "eval", adapter=run / "adapter", cfg=cfg, grounding=0, device="cpu", progress=False)
+    tiny, man, cfg, adapter = random_adapter_run(tmp, manual_seed=2)
+    s = evaluate(tiny, man / "vlm_val.jsonl", man, tmp / "eval", adapter=adapter, cfg=cfg, grounding=0, device="cpu", progress=False)
     rows = [json.loads(l) for l in (tmp / "eval" / "results.jsonl").read_text().splitlines()]
     recs = read_records(man / "vlm_val.jsonl")
     assert len(recs) >= 4 and len(rows) == len(recs)
-    return SimpleNamespace(tmp=tmp, tiny=tiny, man=man, cfg=cfg, adapter=run / "adapter", recs=recs,
+    return SimpleNamespace(tmp=tmp, tiny=tiny, man=man, cfg=cfg, adapter=adapter, recs=recs,
                            want={r["id"]: r["prediction"] for r in rows}, fingerprint=s["fingerprint"])
 
 
