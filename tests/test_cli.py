@@ -55,3 +55,31 @@ def test_prepare_push_without_token_fails_clearly(manual, tmp_path):
              env={"HF_TOKEN": "", "HF_HUB_OFFLINE": "1"})
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "error:" in r.stderr
+
+def test_llava_cot_synth_output_passes_its_own_check(tmp_path):
+    out = tmp_path / "cot"
+    assert vlm3("synth", "--out", out, "--pages", 3, "--style", "llava-cot").returncode == 0
+    for fmt in ("llava-cot", "auto"):
+        r = vlm3("validate", out / "vlm_train.jsonl", "--images-root", out, "--format", fmt)
+        assert r.returncode == 0, (fmt, r.stdout + r.stderr)
+        assert " 0 rejected" in r.stdout
+    plain = tmp_path / "plain"
+    assert vlm3("synth", "--out", plain, "--pages", 3).returncode == 0
+    r = vlm3("validate", plain / "vlm_train.jsonl", "--images-root", plain, "--format", "llava-cot")
+    assert r.returncode == 1 and "missing <SUMMARY>" in r.stdout  # llava-cot asks every answer for the tags
+
+def test_validate_real_manual_metadata_and_closed_types(manual, tmp_path):
+    rec = json.loads((manual / "vlm_train.jsonl").read_text().splitlines()[0])
+    lines = [dict(rec, id="a", metadata={"content_type": "wiring_diagram", "page": "21-03", "qa_id": 7}),
+             dict(rec, id="b", metadata={"content_type": "specification"}),
+             dict(rec, id="c", metadata={"content_type": "specificaton", "source": "e30.pdf"}),
+             dict(rec, id="d", image=rec["image"].replace("/", "\\"))]
+    f = tmp_path / "real.jsonl"; f.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    r = vlm3("validate", f, "--images-root", manual)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert f"{f}:4: image '{lines[3]['image']}' uses Windows backslashes; write it as {rec['image']}" in r.stdout
+    assert "content types: " in r.stdout and "wiring_diagram 1" in r.stdout
+    assert "hint: content type 'specificaton' (1 record) looks like 'specification'" in r.stdout
+    assert r.stdout.strip().endswith("4 records: 3 valid, 1 rejected")
+    r = vlm3("validate", f, "--images-root", manual, "--content-types", "specification,wiring_diagram")
+    assert f"{f}:3: metadata.content_type 'specificaton' is not one of the allowed types specification, wiring_diagram; did you mean 'specification'?" in r.stdout

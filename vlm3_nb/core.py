@@ -11,10 +11,10 @@ from typing import Any
 import yaml
 
 # %% auto #0
-__all__ = ['SEED_TARGET_MODULES', 'MOVED', 'CONFIG_DIR', 'Vlm3Error', 'LoraCfg', 'TrainingCfg', 'QuantizationCfg', 'Thresholds',
-           'EvalCfg', 'DataCfg', 'GenerationCfg', 'CostCfg', 'Config', 'flat_keys', 'set_key', 'config_path',
-           'shipped_configs', 'parse_overrides', 'load_config', 'to_dict', 'save_config', 'file_sha256', 'text_sha256',
-           'new_run_id']
+__all__ = ['SEED_TARGET_MODULES', 'MOVED', 'RANGES', 'CHOICES', 'ALIASES', 'CONFIG_DIR', 'Vlm3Error', 'LoraCfg', 'TrainingCfg',
+           'QuantizationCfg', 'Thresholds', 'EvalCfg', 'DataCfg', 'GenerationCfg', 'CostCfg', 'Config', 'flat_keys',
+           'set_key', 'get_key', 'check_config', 'validate_config', 'config_path', 'shipped_configs', 'parse_overrides',
+           'load_config', 'to_dict', 'save_config', 'file_sha256', 'text_sha256', 'new_run_id']
 
 # %% ../nbs/00_core.ipynb #fa1f26ee
 class Vlm3Error(ValueError):
@@ -85,6 +85,7 @@ class DataCfg:
     max_length: int = 4096  # tokens; image tokens are never truncated
     system_prompt: str = "You are a workshop assistant. Answer from the service manual page shown."
     val_frac: float = 0.1  # split by page, 90/10 as in the seed
+    content_types: list = field(default_factory=list)  # allowed metadata.content_type values; empty = any non-empty string
     split_seed: int = 42
 
 @dataclass
@@ -181,6 +182,67 @@ def set_key(cfg: Config, key: str, value, where=""):
     setattr(obj, leaf, _coerce(key, value, types_[key]))
     return cfg
 
+# %% ../nbs/00_core.ipynb #9e052765
+RANGES = {
+    "lora.r": "[1, inf)", "lora.alpha": "(0, inf)", "lora.dropout": "[0, 1)",
+    "training.batch_size": "[1, inf)", "training.gradient_accumulation_steps": "[1, inf)", "training.learning_rate": "(0, inf)",
+    "training.warmup_ratio": "[0, 1)", "training.max_grad_norm": "[0, inf)", "training.save_steps": "[1, inf)",
+    "training.save_total_limit": "[0, inf)", "training.max_samples": "[0, inf)",
+    "eval.eval_steps": "[1, inf)", "eval.logging_steps": "[1, inf)", "eval.budget_usd": "[0, inf)",
+    "data.min_pixels": "[784, inf)", "data.max_pixels": "[784, inf)", "data.max_length": "[16, inf)", "data.val_frac": "[0, 1)",
+    "generation.max_new_tokens": "[1, inf)", "generation.batch_size": "[1, inf)", "generation.temperature": "(0, inf)",
+    "generation.top_p": "(0, 1]", "generation.repetition_penalty": "(0, inf)",
+    "cost.mfu": "(0, 1]", "cost.a100_80gb_usd_per_h": "[0, inf)", "cost.h100_usd_per_h": "[0, inf)", "cost.a10g_usd_per_h": "[0, inf)",
+} | {f"eval.thresholds.{f.name}": "[0, 1]" for f in fields(Thresholds)}
+
+CHOICES = {"method": ("lora", "qlora"), "training.packing": ("none", "page"), "training.gradient_checkpointing": ("auto", "true", "false"),
+           "training.dtype": ("auto", "bfloat16", "float16", "float32"), "generation.mode": ("single", "scratchpad", "stage-beam"),
+           "quantization.bnb_4bit_quant_type": ("nf4", "fp4"), "quantization.bnb_4bit_compute_dtype": ("bfloat16", "float16", "float32")}
+ALIASES = {"training.dtype": {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"},
+           "quantization.bnb_4bit_compute_dtype": {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"},
+           "training.gradient_checkpointing": {"1": "true", "yes": "true", "on": "true", "0": "false", "no": "false", "off": "false"}}
+
+def _interval(spec):
+    "`'[1, inf)'` -> (lo, hi, lo_closed, hi_closed, words)."
+    lo, hi = (float(x) for x in spec[1:-1].split(","))
+    words = " and ".join(w for w in (
+        (f"at least {lo:g}" if spec[0] == "[" else f"more than {lo:g}") if lo != float("-inf") else "",
+        (f"at most {hi:g}" if spec[-1] == "]" else f"less than {hi:g}") if hi != float("inf") else "") if w)
+    return lo, hi, spec[0] == "[", spec[-1] == "]", words
+
+def get_key(cfg, key):
+    "The value of dotted `key` in `cfg`."
+    obj = cfg
+    for k in key.split("."): obj = getattr(obj, k)
+    return obj
+
+# %% ../nbs/00_core.ipynb #5c39bb11
+def check_config(cfg: Config) -> list:
+    "Every problem with the values in `cfg`, one sentence each (empty when all are valid)."
+    probs = []
+    for key, spec in RANGES.items():
+        v, (lo, hi, lc, hc, words) = get_key(cfg, key), _interval(spec)
+        if not ((v >= lo if lc else v > lo) and (v <= hi if hc else v < hi)): probs.append(f"config key '{key}': {v!r} is out of range; it must be {words}")
+    for key, opts in CHOICES.items():
+        v = str(get_key(cfg, key)).strip().lower()
+        if ALIASES.get(key, {}).get(v, v) not in opts: probs.append(f"config key '{key}': {get_key(cfg, key)!r} is not one of {', '.join(opts)}")
+    t = cfg.training
+    if t.max_steps == 0 or t.max_steps < -1: probs.append(f"config key 'training.max_steps': {t.max_steps} must be -1 (train for training.epochs) or at least 1")
+    if t.max_steps <= 0 and not t.epochs > 0: probs.append(f"config key 'training.epochs': {t.epochs!r} trains nothing; it must be more than 0 (or set training.max_steps)")
+    if cfg.data.max_pixels < cfg.data.min_pixels:
+        probs.append(f"config keys 'data.max_pixels' ({cfg.data.max_pixels}) and 'data.min_pixels' ({cfg.data.min_pixels}): max_pixels must be at least min_pixels")
+    tm = cfg.lora.target_modules
+    if not tm or not all(isinstance(x, str) and x.strip() for x in tm):
+        probs.append(f"config key 'lora.target_modules': {tm!r} must list module names, e.g. [q_proj, v_proj]")
+    return probs
+
+def validate_config(cfg: Config, where="") -> Config:
+    "Raise one Vlm3Error listing every problem in `cfg` (one per line), or return `cfg`."
+    probs = check_config(cfg)
+    if len(probs) == 1: raise Vlm3Error(f"{where}{probs[0]}")
+    if probs: raise Vlm3Error(f"{where}{len(probs)} problems in the config:\n  " + "\n  ".join(probs))
+    return cfg
+
 # %% ../nbs/00_core.ipynb #1e1ae236
 CONFIG_DIR = Path(__file__).parent / "configs" if "__file__" in globals() else Path("../vlm3_nb/configs").resolve()
 
@@ -211,8 +273,10 @@ def parse_overrides(items) -> dict:
         out[k.strip()] = yaml.safe_load(v) if v.strip() else ""
     return out
 
-def load_config(path=None, overrides=None) -> Config:
-    "Load a YAML config (path or shipped name; None = the seed defaults) and apply dotted overrides (list of `k=v` or dict)."
+def load_config(path=None, # YAML path or shipped config name; None = the seed defaults
+                overrides=None, # list of `k=v` strings or a dict
+                check=True) -> Config: # run `check_config` on the result (see below)
+    "Load a YAML config and apply dotted overrides; every value is checked unless `check=False`."
     cfg = Config()
     if path is not None:
         p = config_path(path)
@@ -223,7 +287,7 @@ def load_config(path=None, overrides=None) -> Config:
     if isinstance(overrides, dict): ov = overrides
     else: ov = parse_overrides(overrides)
     for k, v in ov.items(): set_key(cfg, k, v, where="override: ")
-    return cfg
+    return cfg if not check else validate_config(cfg)
 
 # %% ../nbs/00_core.ipynb #a00869da
 def to_dict(cfg) -> dict:

@@ -12,13 +12,14 @@ from PIL import Image, ImageFile
 from .core import Vlm3Error
 
 # %% auto #0
-__all__ = ['CONTENT_TYPES', 'ROLES', 'IMAGE_TOKEN', 'LLAVA_ROLES', 'COT_TAGS', 'COT_STAGE_RX', 'FORMATS', 'PIXEL_LIMIT',
-           'MIN_SIDE', 'MAX_ASPECT', 'OFFLINE_MSG', 'Record', 'iter_lines', 'read_jsonl', 'write_jsonl',
-           'from_pipeline', 'to_pipeline', 'split_by_page', 'from_llava', 'to_llava', 'check_cot_tags', 'is_structured',
-           'extract_conclusion', 'to_messages', 'from_messages', 'load_items', 'detect_format', 'check_image_path',
-           'check_record', 'check_image', 'Valid', 'Rejected', 'ValidationReport', 'validate_file', 'read_records',
-           'quarantine', 'validate_cmd', 'DupReport', 'near_duplicates', 'dataset_features', 'to_row', 'push_dataset',
-           'prepare_datasets', 'prepare_cmd', 'bench_validate']
+__all__ = ['CONTENT_TYPES', 'ROLES', 'IMAGE_TOKEN', 'LLAVA_ROLES', 'COT_TAGS', 'COT_STAGE_RX', 'FORMATS', 'SPELLINGS',
+           'PIXEL_LIMIT', 'MIN_SIDE', 'MAX_ASPECT', 'OFFLINE_MSG', 'Record', 'iter_lines', 'read_jsonl', 'write_jsonl',
+           'from_pipeline', 'to_pipeline', 'page_types', 'split_by_page', 'split_table', 'from_llava', 'to_llava',
+           'check_cot_tags', 'is_structured', 'extract_conclusion', 'to_messages', 'from_messages', 'load_items',
+           'detect_format', 'check_image_path', 'near_type', 'check_record', 'check_image', 'Valid', 'Rejected',
+           'ValidationReport', 'validate_file', 'read_records', 'quarantine', 'validate_cmd', 'DupReport',
+           'near_duplicates', 'dataset_features', 'to_row', 'push_dataset', 'prepare_datasets', 'prepare_cmd',
+           'bench_validate']
 
 # %% ../nbs/01_data.ipynb #108df63d
 CONTENT_TYPES = ["specification", "procedure", "diagram", "text"]  # the pipeline's content types; extend here for new ones
@@ -80,21 +81,55 @@ def to_pipeline(rec: Record) -> dict:
 
 # %% ../nbs/01_data.ipynb #85deb39e
 def _image_of(r): return r.image if isinstance(r, Record) else r["image"]
+def _page(r) -> str: return posixpath.normpath(_image_of(r))
 
 def _page_hash(seed, image) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}\x00{image}".encode("utf-8")).digest()[:8], "big")
 
+def page_types(records) -> dict:
+    "Each page's content type: the most common `metadata.content_type` of its records (ties: alphabetical; '' when none)."
+    by = defaultdict(Counter)
+    for r in records:
+        md = r.metadata if isinstance(r, Record) else (r.get("metadata") or {})
+        by[_page(r)][str((md or {}).get("content_type") or "")] += 1
+    return {p: min(c, key=lambda t: (-c[t], t)) for p, c in by.items()}
+
+# %% ../nbs/01_data.ipynb #5526c29a
+def _val_quota(n_by_type: dict, k: int, val_frac: float) -> dict:
+    "Validation pages per type: one for each type with 2+ pages, then shares by largest remainder until `k`, never all of a type's pages."
+    take = {t: (min(max(int(val_frac * n), 1), n - 1) if n >= 2 else 0) for t, n in n_by_type.items()}
+    room = lambda t: take[t] < (n_by_type[t] - 1 if n_by_type[t] >= 2 else 1)
+    while sum(take.values()) < k and any(room(t) for t in take):
+        t = min((t for t in take if room(t)), key=lambda t: (n_by_type[t] < 2, take[t] - val_frac * n_by_type[t], t))
+        take[t] += 1
+    return take
+
 def split_by_page(records, # Records or pipeline dicts; the image path names the page
                   val_frac=0.1, # fraction of pages held out
-                  seed=42): # the split is a pure function of seed and the set of pages
+                  seed=42, # the split is a pure function of seed and the set of pages (with their types)
+                  stratify=True): # each content type with 2+ pages on both sides (see above); False = hash order only
     "Split into `(train, val)` so that all questions about a page land on one side; input order is kept."
-    pages = sorted({posixpath.normpath(_image_of(r)) for r in records}, key=lambda p: (_page_hash(seed, p), p))
+    types = page_types(records)
+    pages = sorted(types, key=lambda p: (_page_hash(seed, p), p))
     k = round(val_frac * len(pages))
     if len(pages) >= 2 and val_frac > 0: k = min(max(k, 1), len(pages) - 1)
-    val_pages = set(pages[:k])
-    train = [r for r in records if posixpath.normpath(_image_of(r)) not in val_pages]
-    val = [r for r in records if posixpath.normpath(_image_of(r)) in val_pages]
+    if not stratify or k == 0: val_pages = set(pages[:k])
+    else:
+        by = defaultdict(list)
+        for p in pages: by[types[p]].append(p)  # each type's pages in hash order
+        val_pages = {p for t, n in _val_quota({t: len(v) for t, v in by.items()}, k, val_frac).items() for p in by[t][:n]}
+    train = [r for r in records if _page(r) not in val_pages]
+    val = [r for r in records if _page(r) in val_pages]
     return train, val
+
+# %% ../nbs/01_data.ipynb #7f0e1ae5
+def split_table(train, val) -> str:
+    "Pages and questions per content type on each side of a split, as a markdown table."
+    tt, tv = page_types(train), page_types(val)
+    qs = lambda rs, t: sum(page_types([r])[_page(r)] == t for r in rs)
+    rows = [f"| {t or '(none)'} | {list(tt.values()).count(t)} | {qs(train, t)} | {list(tv.values()).count(t)} | {qs(val, t)} |"
+            for t in sorted(set(tt.values()) | set(tv.values()))]
+    return "| content type | train pages | train questions | val pages | val questions |\n|---|---:|---:|---:|---:|\n" + "\n".join(rows)
 
 # %% ../nbs/01_data.ipynb #997bee9a
 IMAGE_TOKEN = "<image>"
@@ -245,22 +280,26 @@ def check_image_path(img: str):
     if norm == ".." or norm.startswith("../"): return f"image path '{img}' escapes the images root; move the image under the images root and use a relative path"
     return None
 
-def _check_turns(conv, fmt):
+SPELLINGS = {"role": ("content", {"user": "user", "assistant": "assistant"}), "from": ("value", LLAVA_ROLES)}
+
+def _check_turns(conv, fmt, tags=True):
     "Problems with a conversation, and its turns as `{'role','content'}` when there are none."
     probs, turns = [], []
-    rk, ck = ("role", "content") if fmt == "pipeline" else ("from", "value")
-    names = {"user": "user", "assistant": "assistant"} if fmt == "pipeline" else LLAVA_ROLES
+    default = "role" if fmt == "pipeline" else "from"
     for n, t in enumerate(conv, 1):
-        if not isinstance(t, dict): probs.append(f"turn {n} must be an object with '{rk}' and '{ck}', got {_tname(t)}"); continue
+        if not isinstance(t, dict):
+            rk = default; probs.append(f"turn {n} must be an object with '{rk}' and '{SPELLINGS[rk][0]}', got {_tname(t)}"); continue
+        rk = "role" if "role" in t else "from" if "from" in t else default  # each turn may use either spelling
+        ck, names = SPELLINGS[rk]
         role, content = t.get(rk), t.get(ck)
         if role not in names:
             hint = " (the system prompt comes from data.system_prompt in the config)" if role == "system" else ""
             probs.append(f"turn {n}: unknown {rk} {role!r}; use {' or '.join(repr(k) for k in names)}{hint}"); continue
         if not isinstance(content, str): probs.append(f"turn {n}: '{ck}' must be a string, got {_tname(content)}"); continue
         role = names[role]
-        if role == "user": content = _strip_image_token(content) if fmt != "pipeline" else content
+        if role == "user" and rk == "from": content = _strip_image_token(content)
         if not content.strip(): probs.append(f"turn {n}: empty {role} turn; write the {'question' if role == 'user' else 'answer'} or drop the record"); continue
-        if fmt == "llava-cot" and role == "assistant" and (p := check_cot_tags(content)): probs.append(f"turn {n}: {p}")
+        if tags and role == "assistant" and (fmt == "llava-cot" or is_structured(content)) and (p := check_cot_tags(content)): probs.append(f"turn {n}: {p}")
         turns.append({"role": role, "content": content})
     if probs: return probs, None
     if not turns: return ["'conversations' is empty; add a question and its answer"], None
@@ -272,30 +311,43 @@ def _check_turns(conv, fmt):
     if roles[-1] != "assistant": return [f"turn {len(roles)} is a question without an answer; add the answer or drop the question"], None
     return [], turns
 
-def _check_metadata(md, fmt):
+def near_type(ct, known):
+    "The known content type `ct` is probably a typo of (same letters in another case, or a close spelling), or None."
+    known = [k for k in dict.fromkeys(known) if k != ct]
+    low = [k for k in known if k.lower() == ct.lower()]
+    if low: return low[0]
+    import difflib
+    close = difflib.get_close_matches(ct.lower(), [k.lower() for k in known], n=1, cutoff=0.8)
+    return next((k for k in known if close and k.lower() == close[0]), None)
+
+def _id_or_text(md, key):
+    "A problem with an optional metadata key that must be a non-empty string or a non-negative integer, or None."
+    if key not in md: return None
+    v = md[key]
+    if isinstance(v, str) and v.strip(): return None
+    if isinstance(v, int) and not isinstance(v, bool) and v >= 0: return None
+    return f"metadata.{key} must be a non-empty string (like \"21-03\") or a non-negative integer, got {_tname(v)} {v!r}; fix it or drop the key"
+
+def _check_metadata(md, fmt, content_types=None):
     if md is None:
-        return ["missing 'metadata'; add {\"content_type\": ..., \"section\": ..., \"page\": ...}"] if fmt == "pipeline" else []
+        return ["missing 'metadata'; add at least {\"content_type\": ...} (e.g. \"specification\")"] if fmt == "pipeline" else []
     if not isinstance(md, dict): return [f"'metadata' must be an object, got {_tname(md)}"]
-    if fmt != "pipeline": return []
-    probs = []
-    ext = md.get("dataset") if isinstance(md.get("dataset"), str) and md.get("dataset").strip() else None  # converted from another dataset
-    hints = {"content_type": f"one of {', '.join(CONTENT_TYPES)}", "section": 'e.g. "21 Clutch"', "page": "the manual page the image shows"}
-    for k, hint in hints.items():
-        if k not in md: probs.append(f"metadata is missing '{k}'; add it ({hint})")
-    ct = md.get("content_type")
-    if "content_type" in md and ext and (not isinstance(ct, str) or not ct.strip()):
-        probs.append(f"metadata.content_type must name the source subset of {ext} (e.g. chartqa), got {ct!r}")
-    elif "content_type" in md and not ext and ct not in CONTENT_TYPES: probs.append(f"metadata.content_type {ct!r} is not one of {', '.join(CONTENT_TYPES)}")
-    sec = md.get("section")
-    if "section" in md and (not isinstance(sec, str) or not sec.strip()): probs.append(f"metadata.section must be non-empty text, got {sec!r}")
-    pg = md.get("page")
-    if "page" in md and not (ext and isinstance(pg, str) and pg.strip()) and (isinstance(pg, bool) or not isinstance(pg, int) or pg < 0):
-        probs.append(f"metadata.page must be a non-negative integer, got {_tname(pg)} {pg!r}" + ("; drop the quotes" if isinstance(pg, str) and pg.isdigit() else ""))
+    probs, ct = [], md.get("content_type")
+    if "content_type" not in md:
+        if fmt == "pipeline": probs.append(f"metadata is missing 'content_type'; add the kind of page, e.g. one of {', '.join(CONTENT_TYPES)} or your own")
+    elif not isinstance(ct, str) or not ct.strip(): probs.append(f"metadata.content_type must be a non-empty string, got {_tname(ct)} {ct!r}")
+    elif content_types and ct not in content_types:
+        near = near_type(ct, content_types)
+        probs.append(f"metadata.content_type {ct!r} is not one of the allowed types {', '.join(content_types)}"
+                     + (f"; did you mean {near!r}?" if near else "; fix it, or add it to --content-types / data.content_types"))
+    probs += [p for k in ("section", "page") if (p := _id_or_text(md, k))]
     kw = md.get("keywords")
     if kw is not None and (not isinstance(kw, list) or not all(isinstance(k, str) for k in kw)): probs.append("metadata.keywords must be a list of strings")
     return probs
 
-def check_record(obj, fmt="pipeline", default_id=""):
+def check_record(obj, fmt="pipeline", default_id="",
+                 content_types=None, # allowed metadata.content_type values; None or empty = any non-empty string
+                 tags=True): # check LLaVA-CoT tags (False: the caller counts tag problems itself)
     "`(Record or None, problems)` for one parsed item; checks everything except the image file itself."
     if not isinstance(obj, dict): return None, [f"expected a JSON object, got {_tname(obj)}"]
     probs = []
@@ -309,8 +361,8 @@ def check_record(obj, fmt="pipeline", default_id=""):
     if conv is None: probs.append("missing 'conversations'; add a list of turns")
     elif not isinstance(conv, list): probs.append(f"'conversations' must be a list of turns, got {_tname(conv)}")
     else:
-        p, turns = _check_turns(conv, fmt); probs += p
-    probs += _check_metadata(obj.get("metadata"), fmt)
+        p, turns = _check_turns(conv, fmt, tags); probs += p
+    probs += _check_metadata(obj.get("metadata"), fmt, content_types)
     if probs: return None, probs
     rid = default_id if rid is None or rid == "" else str(rid)
     return Record(rid, img, turns, dict(obj.get("metadata") or {})), []
@@ -367,6 +419,8 @@ class ValidationReport:
     rejected: list = field(default_factory=list)  # [Rejected]
     file_problems: list = field(default_factory=list)  # problems with the file as a whole
     seconds: float = 0.0
+    content_types: dict = field(default_factory=dict)  # content type -> number of valid records
+    hints: list = field(default_factory=list)  # near-misses in valid records (a typo'd content type), to look at
 
     @property
     def records(self) -> list: return [v.rec for v in self.valid]
@@ -380,13 +434,16 @@ class ValidationReport:
         return out + [f"{self.path}:{r.line}: {why}" for r in self.rejected for why in r.reasons]
     def count_line(self) -> str:
         return f"{_plural(self.n, 'record')}: {len(self.valid)} valid, {len(self.rejected)} rejected"
+    def types_line(self) -> str:
+        return "content types: " + (", ".join(f"{k} {v}" for k, v in self.content_types.items()) or "none")
     def summary(self, max_problems=None) -> str:
-        "The problems, one a line, then the count line."
+        "The problems, one a line, then the content types with their counts, any hints, and the count line."
         ps = self.problems()
         if max_problems is not None and len(ps) > max_problems: ps = ps[:max_problems] + [f"... and {len(ps) - max_problems} more"]
-        return "\n".join(ps + [self.count_line()])
+        return "\n".join(ps + [self.types_line()] + [f"hint: {h}" for h in self.hints] + [self.count_line()])
     def _repr_markdown_(self):
         head = f"**{self.path}** ({self.fmt}): {self.count_line()}" + (" ✓" if self.ok else "")
+        head += f"\n\n{self.types_line()}" + "".join(f"\n\n- hint: {h}" for h in self.hints)
         if self.ok: return head
         rows = [f"| {r.line} | {r.reason.replace('|', '/')} |" for r in self.rejected[:30]]
         more = f"\n\n... and {len(self.rejected) - 30} more rejected lines" if len(self.rejected) > 30 else ""
@@ -399,17 +456,29 @@ def _image_problem(img, root: Path, cache: dict):
     p = (root / img).resolve()
     if p not in cache:
         if not p.is_relative_to(root.resolve()): why = "escapes the images root through a link; use a path inside it"
+        elif not p.exists() and "\\" in img and (root / img.replace("\\", "/")).is_file():
+            why = f"uses Windows backslashes; write it as {img.replace(chr(92), '/')} (paths are relative to the images root, with /)"
         elif not p.exists(): why = f"not found under {root}/; check the path or pass the right --images-root"
         elif p.is_dir(): why = "is a directory, not an image file"
         else: why = check_image(p)
         cache[p] = why
     return None if cache[p] is None else f"image '{img}' {cache[p]}"
 
+def _type_hints(counts: Counter, allowed=None) -> list:
+    "A hint for each content type that looks like a typo of a known one: the pipeline's own, the allowed ones, or a more common one in the file."
+    out = []
+    for ct, n in counts.items():
+        known = list(allowed or []) + CONTENT_TYPES + [k for k, m in counts.items() if m > n]
+        if ct in CONTENT_TYPES or (allowed and ct in allowed) or not (near := near_type(ct, known)): continue
+        out.append(f"content type {ct!r} ({_plural(n, 'record')}) looks like {near!r}; fix it if it is a typo")
+    return out
+
 def validate_file(path, # a pipeline JSONL, or LLaVA JSON/JSONL
                   images_root=None, # folder the image paths are relative to; default: the file's folder
                   fmt="auto", # auto | pipeline | llava | llava-cot
                   check_images=True, # open and decode every image file
-                  cache=None): # dict shared between calls to check each image once
+                  cache=None, # dict shared between calls to check each image once
+                  content_types=None): # allowed metadata.content_type values; None or empty = any
     "Check every line of `path`; never raises for bad data."
     path = Path(path)
     if fmt not in FORMATS: raise Vlm3Error(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
@@ -422,13 +491,15 @@ def validate_file(path, # a pipeline JSONL, or LLaVA JSON/JSONL
     rep, seen = ValidationReport(str(path), fmt), {}
     for line, raw, obj, err in items:
         if err: rep.rejected.append(Rejected(line, raw, [err])); continue
-        rec, probs = check_record(obj, fmt, f"{path.stem}:{line}")
+        rec, probs = check_record(obj, fmt, f"{path.stem}:{line}", content_types)
         if rec is not None:
             if rec.id in seen: probs.append(f"duplicate id '{rec.id}' (first on line {seen[rec.id]}); ids must be unique")
             if check_images and (p := _image_problem(rec.image, root, cache)): probs.append(p)
         if probs: rep.rejected.append(Rejected(line, raw, probs))
         else: rep.valid.append(Valid(line, raw, rec)); seen[rec.id] = line
     if not items: rep.file_problems.append("no records; the file is empty")
+    counts = Counter(str(v.rec.metadata.get("content_type") or "(none)") for v in rep.valid)
+    rep.content_types, rep.hints = dict(counts.most_common()), _type_hints(counts, content_types)
     rep.seconds = time.perf_counter() - t0
     return rep
 
@@ -437,9 +508,9 @@ def _problem_digest(rep: ValidationReport, first=5) -> str:
     return (f"{rep.path} has invalid records:\n{rep.summary(max_problems=first)}\n"
             f"See them all and split them off with: vlm3 validate {rep.path} --quarantine DIR")
 
-def read_records(path, fmt="auto") -> list:
+def read_records(path, fmt="auto", content_types=None) -> list:
     "All records of a pipeline or LLaVA file as Records; any invalid line raises Vlm3Error naming FILE:LINE."
-    rep = validate_file(path, fmt=fmt, check_images=False)
+    rep = validate_file(path, fmt=fmt, check_images=False, content_types=content_types)
     if not rep.ok: raise Vlm3Error(_problem_digest(rep))
     return rep.records
 
@@ -457,9 +528,11 @@ def quarantine(report: ValidationReport, out_dir) -> dict:
 _quarantine = quarantine  # validate_cmd's argument shadows the name
 
 # %% ../nbs/01_data.ipynb #0314708f
-def validate_cmd(file, images_root=None, fmt="auto", quarantine=None) -> int:
-    "`vlm3 validate FILE [--images-root DIR] [--format F] [--quarantine DIR]`: print problems and counts; exit code 0 only if all valid."
-    rep = validate_file(file, images_root=images_root, fmt=fmt)
+def validate_cmd(file, images_root=None, fmt="auto", quarantine=None,
+                 content_types=None) -> int: # list, or a comma-separated string ('specification,procedure'); None = any
+    "`vlm3 validate FILE [--images-root DIR] [--format F] [--quarantine DIR] [--content-types a,b]`: print problems and counts; exit code 0 only if all valid."
+    if isinstance(content_types, str): content_types = [t.strip() for t in content_types.split(",") if t.strip()]
+    rep = validate_file(file, images_root=images_root, fmt=fmt, content_types=content_types)
     print(rep.summary())
     if quarantine is not None:
         q = _quarantine(rep, quarantine)
@@ -518,16 +591,15 @@ def dataset_features():
     from datasets import Features, Value, List, Image as HFImage
     part = {"type": Value("string"), "text": Value("string")}
     return Features({"id": Value("string"), "images": List(HFImage()), "messages": List({"role": Value("string"), "content": List(part)}),
-                     "content_type": Value("string"), "section": Value("string"), "page": Value("int64"), "metadata": Value("string")})
+                     "content_type": Value("string"), "section": Value("string"), "page": Value("string"), "metadata": Value("string")})
 
 def to_row(rec: Record, images_root, system_prompt=None) -> dict:
     "One dataset row: the page image path, TRL-style messages with an image placeholder, and the metadata columns."
     msgs = to_messages(rec, system_prompt=system_prompt)
     for m in msgs: m["content"] = [{"type": "image"} if p["type"] == "image" else p for p in m["content"]]
-    md = rec.metadata
+    md, text = rec.metadata, lambda v: None if v is None else str(v)
     return {"id": rec.id, "images": [str((Path(images_root) / rec.image).resolve())], "messages": msgs,
-            "content_type": md.get("content_type"), "section": md.get("section"),
-            "page": md.get("page") if isinstance(md.get("page"), int) and not isinstance(md.get("page"), bool) else None,
+            "content_type": text(md.get("content_type")), "section": text(md.get("section")), "page": text(md.get("page")),
             "metadata": json.dumps(md, ensure_ascii=False)}
 
 # %% ../nbs/01_data.ipynb #8295d0b8
@@ -557,16 +629,23 @@ def prepare_datasets(train_file, # pipeline JSONL (or LLaVA) with the training r
                      out, # folder for `save_to_disk`
                      push_to_hub=None, # optional Hub repo id, e.g. me/manual-qa
                      private=True, # push as a private dataset
-                     system_prompt=None): # optional system prompt baked into the messages
+                     system_prompt=None, # optional system prompt baked into the messages
+                     content_types=None): # allowed metadata.content_type values; None = any
     "Validate both files, build a DatasetDict(train, val) for TRL, save it to `out` and optionally push it."
     from datasets import Dataset, DatasetDict
     cache, reps = {}, {}
     for split, f in (("train", train_file), ("val", val_file)):
-        reps[split] = rep = validate_file(f, images_root=images_root, cache=cache)
+        reps[split] = rep = validate_file(f, images_root=images_root, cache=cache, content_types=content_types)
         if not rep.ok: raise Vlm3Error(_problem_digest(rep).replace("--quarantine", f"--images-root {images_root} --quarantine"))
-    shared = {r.image for r in reps["train"].records} & {r.image for r in reps["val"].records}
+    for h in reps["train"].hints + reps["val"].hints: print(f"hint: {h}")
+    tr, va = reps["train"].records, reps["val"].records
+    shared = {r.image for r in tr} & {r.image for r in va}
     if shared:
         print(f"warning: {len(shared)} page(s) appear in both train and val (e.g. {sorted(shared)[0]}); val loss will flatter the model. Re-split with split_by_page.")
+    tt, tv = Counter(page_types(tr).values()), set(page_types(va).values())
+    if va and (gone := sorted(t for t, n in tt.items() if t not in tv and n >= 2)):
+        print(f"warning: val holds no page of content type {', '.join(gone)} (train has {', '.join(str(tt[t]) for t in gone)} pages); the failure "
+              f"analysis will say nothing about {'it' if len(gone) == 1 else 'them'}. Re-split with split_by_page, which stratifies by content type.")
     feats = dataset_features()
     dsd = DatasetDict({s: Dataset.from_list([to_row(r, images_root, system_prompt) for r in rep.records], features=feats) for s, rep in reps.items()})
     dsd.save_to_disk(str(out))
@@ -574,9 +653,10 @@ def prepare_datasets(train_file, # pipeline JSONL (or LLaVA) with the training r
     if push_to_hub: push_dataset(dsd, push_to_hub, private=private)
     return dsd
 
-def prepare_cmd(train, val, images_root, out, push_to_hub=None) -> int:
-    "`vlm3 prepare --train F --val F --images-root D --out DIR [--push-to-hub REPO]`; invalid data raises Vlm3Error."
-    prepare_datasets(train, val, images_root, out, push_to_hub=push_to_hub)
+def prepare_cmd(train, val, images_root, out, push_to_hub=None, content_types=None) -> int:
+    "`vlm3 prepare --train F --val F --images-root D --out DIR [--push-to-hub REPO] [--content-types a,b]`; invalid data raises Vlm3Error."
+    if isinstance(content_types, str): content_types = [t.strip() for t in content_types.split(",") if t.strip()]
+    prepare_datasets(train, val, images_root, out, push_to_hub=push_to_hub, content_types=content_types)
     return 0
 
 # %% ../nbs/01_data.ipynb #e0365315

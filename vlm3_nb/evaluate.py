@@ -53,11 +53,11 @@ class Case:
         if self.kind == "probe": return f"manual_probe-{self.id}"
         return "-".join(x for x in ("val", self.content_type or "unknown", self.topic, self.id) if x)
 
-def val_cases(path) -> list:
+def val_cases(path, content_types=None) -> list:
     "Cases from a pipeline (or LLaVA) JSONL file; bad lines raise Vlm3Error naming FILE:LINE."
     if not Path(path).is_file(): raise Vlm3Error(f"--data '{path}': file not found; pass the val JSONL (e.g. training_data/vlm_val.jsonl)")
     out = []
-    for r in read_records(path):
+    for r in read_records(path, content_types=content_types or None):
         md = r.metadata or {}
         out.append(Case(r.id, "val", r, _last(r.turns, "assistant"), list(md.get("keywords") or []), str(md.get("content_type") or ""),
                         str(md.get("section") or ""), md.get("page")))
@@ -107,9 +107,10 @@ def take(cases, # Cases of one kind
 
 def load_cases(data, # val JSONL
                probes=None, # manual_probes.json, or None
-               max_samples=None): # at most this many val cases and this many probes
+               max_samples=None, # at most this many val cases and this many probes
+               content_types=None): # allowed content types (data.content_types); None = any
     "Val cases then probe cases."
-    return take(val_cases(data), max_samples) + (take(read_probes(probes), max_samples) if probes else [])
+    return take(val_cases(data, content_types), max_samples) + (take(read_probes(probes), max_samples) if probes else [])
 
 def check_images(cases, images_root):
     "Raise one Vlm3Error naming the missing images before any model is loaded."
@@ -137,7 +138,8 @@ def result_row(case, pred, metrics, metrics_trace=None) -> dict:
                section=case.section, page=case.page, image=case.image, question=case.question, expected=case.expected,
                keywords=case.keywords, prediction=pred["prediction"], n_tokens=pred.get("n_tokens"),
                latency_s=pred.get("latency_s"), cached=pred.get("cached"), metrics=metrics,
-               trace=pred["prediction"], conclusion=conc, conclusion_from=how)
+               trace=pred["prediction"], conclusion=conc, conclusion_from=how,
+               metadata=dict(case.record.metadata))  # every key the pipeline wrote, unchanged (source, qa_id, bbox, ...)
     if expected_conclusion(case) != case.expected: row["expected_conclusion"] = expected_conclusion(case)
     if metrics_trace is not None: row["metrics_trace"] = metrics_trace
     if pred.get("mode"): row["mode"] = pred["mode"]
@@ -346,7 +348,7 @@ def evaluate(model, # base or merged model folder (or hub id); the baseline is t
     if hasattr(cfg.generation, "mode"): cfg.generation.mode = mode  # the saved config.yaml records the mode
     if probes is None: probes = cfg.data.probes_file or None
     cfg.base_model, cfg.data.val_file, cfg.data.images_root, cfg.data.probes_file = str(model), str(data), str(images_root), str(probes or "")
-    cases = load_cases(data, probes, max_samples)
+    cases = load_cases(data, probes, max_samples, cfg.data.content_types)
     check_images(cases, images_root)
     out = Path(out)
     jm = _judge(judge, out, budget)

@@ -198,7 +198,7 @@ def validate_llava_cot(path, # LLaVA-CoT JSONL (or JSON array)
     for line, raw, obj, err in items[:max_samples] if max_samples else items:
         rep.n += 1
         if err: rep.other_problems.append((line, "?", err)); continue
-        rec, probs = check_record(obj, "llava", f"{path.stem}:{line}")
+        rec, probs = check_record(obj, "llava", f"{path.stem}:{line}", tags=False)  # tag problems are counted below
         rid = rec.id if rec else str(obj.get("id", "?")) if isinstance(obj, dict) else "?"
         src = source_of(obj["image"]) if isinstance(obj, dict) and isinstance(obj.get("image"), str) else "unknown"
         d = rep.sources.setdefault(src, dict(records=0, valid=0, tag_problems=0, broken_images=0))

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, asdict
 from pathlib import Path
 import torch, torch.nn.functional as F
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
-from .core import Vlm3Error, Config, load_config, save_config, file_sha256, new_run_id, to_dict
+from .core import Vlm3Error, Config, load_config, save_config, file_sha256, new_run_id, to_dict, validate_config
 from .models import default_device, resolve_dtype, use_gradient_checkpointing, quant_config
 
 # %% auto #0
@@ -32,13 +32,9 @@ def training_kwargs(cfg: Config, # the resolved config
                     device="cpu") -> dict: # 'cpu' or 'cuda'
     "The `TrainingArguments` keyword arguments for `cfg`, checked; `training_args` builds the object from them."
     from transformers.trainer_utils import SchedulerType
-    t, e = cfg.training, cfg.eval
-    if not 0 <= t.warmup_ratio < 1: raise Vlm3Error(f"config key 'training.warmup_ratio': {t.warmup_ratio} must be in [0, 1) (a fraction of the steps)")
+    t, e = validate_config(cfg).training, cfg.eval  # every range (core.check_config); the scheduler names are transformers'
     if t.lr_scheduler not in [s.value for s in SchedulerType]:
         raise Vlm3Error(f"config key 'training.lr_scheduler': {t.lr_scheduler!r} is not one of {', '.join(s.value for s in SchedulerType)}")
-    for k, v in (("training.batch_size", t.batch_size), ("training.gradient_accumulation_steps", t.gradient_accumulation_steps),
-                 ("training.save_steps", t.save_steps), ("eval.eval_steps", e.eval_steps), ("eval.logging_steps", e.logging_steps)):
-        if v < 1: raise Vlm3Error(f"config key '{k}': {v} must be at least 1")
     prec = _precision(cfg, device)
     return dict(output_dir=str(Path(run_dir) / "checkpoints"),
                 num_train_epochs=t.epochs, max_steps=t.max_steps,
@@ -63,10 +59,10 @@ def training_args(cfg: Config, run_dir, device="cpu") -> TrainingArguments:
     except ValueError as err: raise Vlm3Error(f"TrainingArguments rejected the config ({err}); fix the matching training.* or eval.* key") from err
 
 # %% ../nbs/05_train.ipynb #f08e6f2a
-def _records(path, key):
+def _records(path, key, content_types=None):
     from vlm3_nb.data import read_records
     if not Path(path).is_file(): raise Vlm3Error(f"config key '{key}': file '{path}' not found; set {key}=PATH (make one with `vlm3 synth --out DIR`)")
-    return read_records(path)
+    return read_records(path, content_types=content_types or None)
 
 def _check_images(recs, cfg, path):
     root = Path(cfg.data.images_root or ".")
@@ -75,8 +71,8 @@ def _check_images(recs, cfg, path):
 
 def load_splits(cfg) -> tuple:
     "`(train, val)` Records from cfg.data (val is empty when `data.val_file` is ''); `training.max_samples` > 0 keeps the first N train records."
-    tr = _records(cfg.data.train_file, "data.train_file")
-    va = _records(cfg.data.val_file, "data.val_file") if cfg.data.val_file else []
+    tr = _records(cfg.data.train_file, "data.train_file", cfg.data.content_types)
+    va = _records(cfg.data.val_file, "data.val_file", cfg.data.content_types) if cfg.data.val_file else []
     if cfg.training.max_samples > 0: tr = tr[:cfg.training.max_samples]
     if not tr: raise Vlm3Error(f"{cfg.data.train_file}: no training records")
     if cfg.data.val_file and not va: raise Vlm3Error(f"{cfg.data.val_file}: no records; set data.val_file='' to train without eval")
