@@ -12,9 +12,9 @@ import yaml
 
 # %% auto #0
 __all__ = ['SEED_TARGET_MODULES', 'MOVED', 'RANGES', 'CHOICES', 'ALIASES', 'CONFIG_DIR', 'Vlm3Error', 'LoraCfg', 'TrainingCfg',
-           'QuantizationCfg', 'Thresholds', 'EvalCfg', 'DataCfg', 'GenerationCfg', 'CostCfg', 'Config', 'flat_keys',
-           'set_key', 'get_key', 'check_config', 'validate_config', 'config_path', 'shipped_configs', 'parse_overrides',
-           'load_config', 'to_dict', 'save_config', 'file_sha256', 'text_sha256', 'new_run_id']
+           'QuantizationCfg', 'Thresholds', 'EvalCfg', 'DataCfg', 'GenerationCfg', 'ServeCfg', 'CostCfg', 'Config',
+           'flat_keys', 'set_key', 'get_key', 'check_config', 'validate_config', 'config_path', 'shipped_configs',
+           'parse_overrides', 'load_config', 'to_dict', 'save_config', 'file_sha256', 'text_sha256', 'new_run_id']
 
 # %% ../nbs/00_core.ipynb #fa1f26ee
 class Vlm3Error(ValueError):
@@ -100,6 +100,11 @@ class GenerationCfg:
     mode: str = "single"  # single | scratchpad (two passes) | stage-beam; part of the prediction cache key
 
 @dataclass
+class ServeCfg:
+    "Per-request limits of the servers (`vlm3 serve`, the Modal endpoint); a request over one is refused with HTTP 413 naming it."
+    max_prompt_tokens: int = 8192  # tokens of one request's prompt (text and image); a page at the seed's max_pixels is ~1,300
+
+@dataclass
 class CostCfg:
     "Modal list prices in USD per GPU-hour (modal.com/pricing, as listed May 2026) and the efficiency preflight assumes."
     a100_80gb_usd_per_h: float = 2.4984
@@ -119,6 +124,7 @@ class Config:
     eval: EvalCfg = field(default_factory=EvalCfg)
     data: DataCfg = field(default_factory=DataCfg)
     generation: GenerationCfg = field(default_factory=GenerationCfg)
+    serve: ServeCfg = field(default_factory=ServeCfg)
     cost: CostCfg = field(default_factory=CostCfg)
 
 MOVED = {"eval.save_steps": "training.save_steps"}  # seed location -> where it lives now
@@ -191,7 +197,7 @@ RANGES = {
     "eval.eval_steps": "[1, inf)", "eval.logging_steps": "[1, inf)", "eval.budget_usd": "[0, inf)",
     "data.min_pixels": "[784, inf)", "data.max_pixels": "[784, inf)", "data.max_length": "[16, inf)", "data.val_frac": "[0, 1)",
     "generation.max_new_tokens": "[1, inf)", "generation.batch_size": "[1, inf)", "generation.temperature": "(0, inf)",
-    "generation.top_p": "(0, 1]", "generation.repetition_penalty": "(0, inf)",
+    "generation.top_p": "(0, 1]", "generation.repetition_penalty": "(0, inf)", "serve.max_prompt_tokens": "[16, inf)",
     "cost.mfu": "(0, 1]", "cost.a100_80gb_usd_per_h": "[0, inf)", "cost.h100_usd_per_h": "[0, inf)", "cost.a10g_usd_per_h": "[0, inf)",
 } | {f"eval.thresholds.{f.name}": "[0, 1]" for f in fields(Thresholds)}
 
