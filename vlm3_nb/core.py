@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #4b350c0c
 from __future__ import annotations
-import dataclasses, hashlib, json, os, re, sys, time, types, typing
+import dataclasses, hashlib, json, os, re, shutil, sys, time, types, typing
 from dataclasses import dataclass, field, fields, is_dataclass, asdict
 from pathlib import Path
 from typing import Any
@@ -14,7 +14,8 @@ import yaml
 __all__ = ['SEED_TARGET_MODULES', 'MOVED', 'RANGES', 'CHOICES', 'ALIASES', 'CONFIG_DIR', 'Vlm3Error', 'LoraCfg', 'TrainingCfg',
            'QuantizationCfg', 'Thresholds', 'EvalCfg', 'DataCfg', 'GenerationCfg', 'ServeCfg', 'CostCfg', 'Config',
            'flat_keys', 'set_key', 'get_key', 'check_config', 'validate_config', 'config_path', 'shipped_configs',
-           'parse_overrides', 'load_config', 'to_dict', 'save_config', 'file_sha256', 'text_sha256', 'new_run_id']
+           'parse_overrides', 'load_config', 'to_dict', 'save_config', 'file_sha256', 'text_sha256', 'new_run_id',
+           'claim_folder', 'write_marker']
 
 # %% ../nbs/00_core.ipynb #fa1f26ee
 class Vlm3Error(ValueError):
@@ -319,3 +320,33 @@ def text_sha256(s: str) -> str:
 def new_run_id(prefix="run") -> str:
     "A sortable run id like `run-20261123-101500`."
     return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+# %% ../nbs/00_core.ipynb #b01a3e7b
+def claim_folder(out, # the folder the command writes
+                 marker, # marker file name, e.g. synth.json; JSON with a "files" list of what the command wrote
+                 overwrite=False, # replace an earlier output of the same command
+                 what="folder") -> Path: # what the folder holds, for messages ("synthetic manual", "tiny model")
+    "Make `out` ready to be written: new or empty is fine; an earlier output (by `marker`) is cleaned only with `overwrite`; anything else is refused."
+    out = Path(out)
+    if out.exists() and not out.is_dir(): raise Vlm3Error(f"--out {out} is a file, not a folder; pass a folder path (it is created if missing)")
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / marker).is_file():
+            raise Vlm3Error(f"--out {out} is not empty and holds no {marker}, so it is not a {what} written by this command; "
+                            f"pass a new or empty folder (nothing was written)")
+        if not overwrite: raise Vlm3Error(f"{out} already holds a {what} ({marker}); pass --overwrite to replace it, or choose another --out")
+        try: listed = json.loads((out / marker).read_text(encoding="utf-8")).get("files") or []
+        except (json.JSONDecodeError, AttributeError): listed = []
+        for rel in listed + [marker]:
+            f = (out / rel)
+            if f.is_file() and f.resolve().is_relative_to(out.resolve()): f.unlink()
+        for d in sorted((d for d in out.rglob("*") if d.is_dir()), key=lambda d: -len(d.parts)):
+            if not any(d.iterdir()): d.rmdir()
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+def write_marker(out, marker, files, **info) -> Path:
+    "Write the marker last: `info` plus `files`, the paths the command wrote (relative to `out`; what `claim_folder` may remove later)."
+    out = Path(out)
+    files = sorted(str(Path(f).relative_to(out) if Path(f).is_absolute() or str(f).startswith(str(out)) else f) for f in files)
+    (out / marker).write_text(json.dumps({**info, "files": files}, indent=2) + "\n", encoding="utf-8")
+    return out / marker

@@ -4,17 +4,17 @@
 
 # %% ../nbs/03_models.ipynb #9cf333fe
 from __future__ import annotations
-import hashlib, json, math, os, re, time, warnings
+import difflib, hashlib, json, math, os, re, sys, time, warnings
 from pathlib import Path
 import torch
-from .core import Config, DataCfg, Vlm3Error, file_sha256, load_config
+from .core import Config, DataCfg, Vlm3Error, file_sha256, load_config, claim_folder, write_marker
 
 # %% auto #0
-__all__ = ['FAMILIES', 'QWEN2_VL_SPECIAL', 'QWEN2_VL_CHAT_TEMPLATE', 'TINY_SIZES', 'Family', 'register', 'get_family',
-           'train_tokenizer', 'tiny_config', 'make_processor', 'Qwen2VL', 'build_tiny', 'default_device',
-           'resolve_dtype', 'use_gradient_checkpointing', 'quant_config', 'load_base', 'lora_target_regex',
-           'lora_modules', 'trainable_summary', 'apply_lora', 'load_adapter', 'merge_adapter', 'model_fingerprint',
-           'build_tiny_cmd']
+__all__ = ['FAMILIES', 'QWEN2_VL_SPECIAL', 'QWEN2_VL_CHAT_TEMPLATE', 'TINY_SIZES', 'TINY_MARK', 'Family', 'register',
+           'get_family', 'train_tokenizer', 'tiny_config', 'make_processor', 'Qwen2VL', 'build_tiny', 'default_device',
+           'resolve_dtype', 'use_gradient_checkpointing', 'quant_config', 'bitsandbytes_visible', 'load_base',
+           'lora_target_regex', 'lora_modules', 'trainable_summary', 'lm_linear_names', 'check_lora_targets',
+           'apply_lora', 'check_adapter_fits', 'load_adapter', 'merge_adapter', 'model_fingerprint', 'build_tiny_cmd']
 
 # %% ../nbs/03_models.ipynb #75913024
 class Family:
@@ -139,7 +139,7 @@ class Qwen2VL(Family):
 
     def build_tiny(self, out, size="tiny", seed=0):
         from transformers import GenerationConfig, Qwen2VLForConditionalGeneration
-        out = Path(out); out.mkdir(parents=True, exist_ok=True)
+        out = Path(out)
         tok = train_tokenizer(_tiny_corpus(), TINY_SIZES.get(size, {}).get("vocab", 2000))
         mcfg = tiny_config(tok, size)
         with torch.random.fork_rng(devices=[]):
@@ -158,12 +158,20 @@ class Qwen2VL(Family):
 
 register(Qwen2VL())
 
-def build_tiny(out, # folder to write the model and processor into
+TINY_MARK = "vlm3_tiny.json"  # written last into a folder build_tiny made (the files it wrote, size, seed, family)
+
+def build_tiny(out, # folder to write the model and processor into (new, empty, or an earlier build_tiny folder with overwrite)
                size="tiny", # 'tiny' (tests, 0.4 M params) or 'small' (CPU demo, 28 M)
                seed=0, # weights are a pure function of this
-               family="qwen2_vl"): # registry name
+               family="qwen2_vl", # registry name
+               overwrite=False): # replace a model build_tiny wrote earlier in `out` (its files only)
     "Build a randomly initialised model of `family` with its processor in `out`; returns the folder."
-    return get_family(family).build_tiny(out, size, seed)
+    fam = get_family(family)
+    out = claim_folder(out, TINY_MARK, overwrite, "tiny model")
+    before = {p for p in out.rglob("*") if p.is_file()}
+    fam.build_tiny(out, size, seed)
+    write_marker(out, TINY_MARK, sorted(p for p in out.rglob("*") if p.is_file() and p not in before), family=family, size=size, seed=seed)
+    return out
 
 # %% ../nbs/03_models.ipynb #e6911869
 _DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
@@ -192,18 +200,39 @@ def use_gradient_checkpointing(cfg, device=None) -> bool:
 
 def quant_config(cfg, device=None):
     "The `BitsAndBytesConfig` for `cfg` on `device`, or None when the base loads unquantized."
-    from transformers import BitsAndBytesConfig
     device = str(device or default_device())
     if cfg.method not in ("lora", "qlora"): raise Vlm3Error(f"config key 'method': {cfg.method!r} is not lora or qlora")
     q = cfg.quantization
     want = cfg.method == "qlora" or q.load_in_4bit
     if not want or (not device.startswith("cuda") and not q.cpu): return None
+    bitsandbytes_visible(True)
+    from transformers import BitsAndBytesConfig
     if q.bnb_4bit_quant_type not in ("nf4", "fp4"): raise Vlm3Error(f"config key 'quantization.bnb_4bit_quant_type': {q.bnb_4bit_quant_type!r} is not nf4 or fp4")
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=_dtype(q.bnb_4bit_compute_dtype, "quantization.bnb_4bit_compute_dtype"),
                               bnb_4bit_quant_type=q.bnb_4bit_quant_type, bnb_4bit_use_double_quant=q.bnb_4bit_use_double_quant,
                               llm_int8_skip_modules=list(get_family(cfg).skip_quant))
 
+# %% ../nbs/03_models.ipynb #fc74176f
+def _bnb_checks():
+    "The cached 'is bitsandbytes installed' answers of transformers and peft."
+    out = []
+    for mod, name in (("transformers.utils.import_utils", "is_bitsandbytes_available"), ("peft.import_utils", "is_bnb_4bit_available"),
+                      ("peft.import_utils", "is_bnb_available")):
+        f = getattr(sys.modules.get(mod), name, None)
+        if hasattr(f, "cache_clear"): out.append(f)
+    return out
+
+def bitsandbytes_visible(needed: bool):
+    "Hide bitsandbytes from peft and transformers unless a model is quantized (`needed`); unhide it for the first one that is."
+    state = sys.modules.get("bitsandbytes", False)
+    if needed and state is None:
+        del sys.modules["bitsandbytes"]
+        for f in _bnb_checks(): f.cache_clear()
+    elif not needed and state is False: sys.modules["bitsandbytes"] = None
+
 # %% ../nbs/03_models.ipynb #c7d798d7
+def _quantized(model) -> bool: return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
+
 def _is_local(name: str) -> bool:
     "A hub id is exactly `org/name`; anything else (or an existing path) is a local folder."
     return Path(name).expanduser().exists() or name.startswith((".", "/", "~")) or name.count("/") != 1
@@ -226,7 +255,8 @@ def load_base(cfg, # Config: base_model, family, method, quantization, training.
             raise Vlm3Error(f"config key 'base_model': cannot load {name!r} ({str(e).splitlines()[0] if str(e) else type(e).__name__}). "
                             f"Without network it must be in the Hugging Face cache (`hf download {name}` on a machine with "
                             f"network), or set base_model to a local folder") from e
-    if getattr(model, "is_loaded_in_4bit", False):
+    bitsandbytes_visible(_quantized(model))
+    if _quantized(model):
         from peft import prepare_model_for_kbit_training
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=use_gradient_checkpointing(cfg, device))
     return model, proc
@@ -247,8 +277,24 @@ def trainable_summary(model) -> str:
     tr = sum(p.numel() for p in model.parameters() if p.requires_grad); tot = sum(p.numel() for p in model.parameters())
     return f"trainable params: {tr:,} || all params: {tot:,} || trainable%: {100*tr/tot:.4f}"
 
+def lm_linear_names(model, cfg) -> list:
+    "The leaf names of the language model's Linear layers (`q_proj`, ...): what `lora.target_modules` may list."
+    rx = re.compile(get_family(cfg).lm_pattern + r"\.(\w+)")
+    return sorted({m[1] for n, mod in model.named_modules() if isinstance(mod, torch.nn.Linear) and (m := rx.fullmatch(n))})
+
+def check_lora_targets(model, cfg):
+    "Raise a Vlm3Error naming every `lora.target_modules` entry that matches no Linear layer of the language model, with the likely fix."
+    have = lm_linear_names(model, cfg)
+    bad = [t for t in cfg.lora.target_modules if t not in have]
+    if not bad: return
+    hints = "; ".join(f"{t!r}" + (f" (did you mean {c[0]!r}?)" if (c := difflib.get_close_matches(t, have, 1, 0.6)) else "") for t in bad)
+    raise Vlm3Error(f"config key 'lora.target_modules': {hints} match{'es' if len(bad) == 1 else ''} no Linear layer of the language model; "
+                    f"its Linear layers are {', '.join(have)}")
+
 def apply_lora(model, cfg):
-    "Wrap `model` in a trainable LoRA `PeftModel` from `cfg.lora`, restricted to the language model."
+    "Wrap `model` in a trainable LoRA `PeftModel` from `cfg.lora`, restricted to the language model; every target must exist."
+    check_lora_targets(model, cfg)
+    bitsandbytes_visible(_quantized(model))
     from peft import LoraConfig, get_peft_model
     lc = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                     target_modules=lora_target_regex(cfg), bias="none", task_type="CAUSAL_LM")
@@ -263,14 +309,44 @@ def _show(keys, n=3):
     keys = sorted(keys)
     return ", ".join(keys[:n]) + (f" (+{len(keys)-n} more)" if len(keys) > n else "")
 
+def _name(model) -> str:
+    return str(getattr(model, "name_or_path", "") or getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__)
+
+def check_adapter_fits(base, # the base model the adapter is about to go on
+                       path): # adapter folder
+    "Raise a Vlm3Error when the adapter's LoRA shapes do not fit `base` (it was trained on another base), naming both models."
+    from safetensors import safe_open
+    path, mods = Path(path), dict(base.named_modules())
+    trained_on = json.loads((path / "adapter_config.json").read_text(encoding="utf-8")).get("base_model_name_or_path") or "an unrecorded base"
+    with safe_open(str(path / "adapter_model.safetensors"), "pt") as f:
+        for k in f.keys():
+            mname, _, part = k.removeprefix("base_model.model.").rpartition(".lora_")
+            m, shape = mods.get(mname), f.get_slice(k).get_shape()
+            if not isinstance(m, torch.nn.Linear): continue  # unknown names are the strict key check's business
+            want, got = (m.in_features, shape[1]) if part.startswith("A") else (m.out_features, shape[0])
+            if want != got:
+                raise Vlm3Error(f"adapter '{path}' was trained on another base model: it was made for '{trained_on}', whose {mname} has "
+                                f"{got} {'inputs' if part.startswith('A') else 'outputs'}, but the model given is '{_name(base)}', where it has {want}. "
+                                f"Pass the base it was trained on (--model {trained_on})")
+
+def _check_trained(path):
+    "Refuse an adapter whose run's manifest says it trained no step."
+    mf = Path(path).parent / "manifest.json"
+    if not mf.is_file(): return
+    try: steps = json.loads(mf.read_text(encoding="utf-8")).get("steps")
+    except (json.JSONDecodeError, AttributeError): return
+    if steps == 0: raise Vlm3Error(f"adapter '{path}' comes from a run that trained 0 steps ({mf}); it is the untrained initialisation. Train the run again")
+
 def load_adapter(base, # the base model (from `load_base`)
                  path, # adapter folder with adapter_config.json and adapter_model.safetensors
                  trainable=False): # True to keep training it
-    "Load the LoRA adapter at `path` onto `base`; raises Vlm3Error on any missing or unexpected adapter key."
-    from peft import PeftConfig, get_peft_model
+    "Load the LoRA adapter at `path` onto `base`; raises Vlm3Error when it was trained on another base or has any missing or unexpected key."
     path = Path(path)
     for f in ("adapter_config.json", "adapter_model.safetensors"):
         if not (path / f).exists(): raise Vlm3Error(f"adapter folder '{path}' has no {f}; pass the folder a training run saved (runs/<id>/adapter)")
+    _check_trained(path); check_adapter_fits(base, path)
+    bitsandbytes_visible(_quantized(base))
+    from peft import PeftConfig, get_peft_model
     pcfg = PeftConfig.from_pretrained(str(path))
     pcfg.inference_mode = not trainable
     with warnings.catch_warnings():
@@ -350,10 +426,11 @@ def model_fingerprint(model_path, # local folder or hub id
 # %% ../nbs/03_models.ipynb #3c3f608d
 def build_tiny_cmd(out, # folder to write
                    size="tiny", # tiny | small
-                   seed=0) -> int:
+                   seed=0,
+                   overwrite=False) -> int: # replace a model build-tiny wrote there before
     "CLI: build the tiny offline model into `out`; returns the exit status."
     t0 = time.perf_counter()
-    p = build_tiny(out, size, seed)
+    p = build_tiny(out, size, seed, overwrite=overwrite)
     from safetensors import safe_open
     with safe_open(str(p / "model.safetensors"), "pt") as f: n = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
     print(f"built {size} Qwen2-VL ({n/1e6:.2f} M params, seed {seed}) in {p} in {time.perf_counter()-t0:.1f}s")

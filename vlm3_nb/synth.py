@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
-from .core import Vlm3Error
+from .core import Vlm3Error, claim_folder, write_marker
 from .data import CONTENT_TYPES, split_by_page, write_jsonl
 
 # %% auto #0
@@ -946,15 +946,14 @@ def synthesize(out, # folder for images/, vlm_train.jsonl, vlm_val.jsonl, manual
                seed=0, # same seed, same bytes
                qa_per_page=6, # pairs per page (the seed averages ~12)
                style="plain", # answer style: 'plain' or 'llava-cot' (SUMMARY/CAPTION/REASONING/CONCLUSION)
-               val_frac=0.1) -> dict: # fraction of pages held out for validation
+               val_frac=0.1, # fraction of pages held out for validation
+               overwrite=False) -> dict: # replace a manual synth wrote earlier in `out` (its files only)
     "Render a synthetic service manual and its grounded Q&A set; returns a summary with counts and paths."
     if style not in STYLES: raise Vlm3Error(f"unknown style {style!r}; use one of: {', '.join(STYLES)}")
     if int(pages) < 1: raise Vlm3Error(f"pages={pages}: need at least 1 page")
     if int(qa_per_page) < 1: raise Vlm3Error(f"qa_per_page={qa_per_page}: need at least 1 pair per page")
     if not 0 <= val_frac < 1: raise Vlm3Error(f"val_frac={val_frac}: must be in [0, 1)")
-    out = Path(out)
-    if (out / "vlm_train.jsonl").exists() and not (out / "synth.json").exists():
-        raise Vlm3Error(f"{out}/vlm_train.jsonl exists and was not written by synth (no synth.json); refusing to overwrite it, pass an empty --out folder")
+    out = claim_folder(out, "synth.json", overwrite, "synthetic manual")
     (out / "images").mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     pgs, recs = plan_pages(int(pages), seed), []
@@ -973,16 +972,16 @@ def synthesize(out, # folder for images/, vlm_train.jsonl, vlm_val.jsonl, manual
                pairs=len(recs), train=len(train), val=len(val), train_pages=len({r["image"] for r in train}), val_pages=len({r["image"] for r in val}),
                content_types=dict(sorted(Counter(r["metadata"]["content_type"] for r in recs).items())), probes=len(probes),
                captions=len(caps["annotations"]))
-    paths["manifest"] = out / "synth.json"
-    paths["manifest"].write_text(json.dumps(man, indent=2) + "\n", encoding="utf-8")
+    written = [out / pg.image for pg in pgs] + [paths[k] for k in ("train", "val", "probes", "captions")]
+    paths["manifest"] = write_marker(out, "synth.json", written, **man)  # last: a manual without it was interrupted
     dt = time.perf_counter() - t0
     return dict(out=str(out), **{k: v for k, v in man.items() if k not in ("generator", "seed", "qa_per_page", "val_frac")},
                 seconds=round(dt, 2), pages_per_s=round(len(pgs) / dt, 1), paths={k: str(v) for k, v in paths.items()})
 
 # %% ../nbs/02_synth.ipynb #9ad67379
-def synth_cmd(out, pages=24, seed=0, qa_per_page=6, style="plain") -> int:
+def synth_cmd(out, pages=24, seed=0, qa_per_page=6, style="plain", overwrite=False) -> int:
     "CLI body of `vlm3 synth`: synthesize, then print where everything is; returns the exit code."
-    s = synthesize(out, pages=pages, seed=seed, qa_per_page=qa_per_page, style=style)
+    s = synthesize(out, pages=pages, seed=seed, qa_per_page=qa_per_page, style=style, overwrite=overwrite)
     p = s["paths"]
     print(f"synthesized {s['pages']} pages, {s['pairs']} Q&A pairs in {s['seconds']} s ({s['pages_per_s']} pages/s)")
     print(f"  content types: {', '.join(f'{k} {v}' for k, v in s['content_types'].items())}")

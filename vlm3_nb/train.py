@@ -10,15 +10,16 @@ from dataclasses import dataclass, field, asdict
 from pathlib import Path
 import torch, torch.nn.functional as F
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
-from .core import Vlm3Error, Config, load_config, save_config, file_sha256, new_run_id, to_dict, validate_config
+from .core import Vlm3Error, Config, load_config, save_config, file_sha256, new_run_id, to_dict, validate_config, parse_overrides
 from .models import default_device, resolve_dtype, use_gradient_checkpointing, quant_config
 
 # %% auto #0
 __all__ = ['COMPLETE', 'KNOWN_ARCHS', 'GPUS', 'BENCH_SIZES', 'training_kwargs', 'training_args', 'load_splits', 'content_type',
-           'TaggedCollator', 'peak_mem_gb', 'VlmTrainer', 'log_row', 'JsonlLog', 'read_log', 'complete_checkpoints',
-           'Checkpoints', 'run_dir_for', 'resume_point', 'save_adapter', 'device_name', 'make_manifest', 'check_push',
-           'push_adapter', 'log_packing', 'make_trainer', 'train', 'train_cmd', 'plot_losses', 'model_config', 'Arch',
-           'arch_of', 'four_bit', 'memory_gb', 'train_flops', 'Preflight', 'preflight', 'preflight_cmd', 'bench_train',
+           'TaggedCollator', 'peak_mem_gb', 'VlmTrainer', 'log_row', 'log_line', 'Progress', 'JsonlLog', 'read_log',
+           'complete_checkpoints', 'Checkpoints', 'run_dir_for', 'checkpoint_problem', 'run_finished', 'ResumePoint',
+           'resume_point', 'save_adapter', 'device_name', 'make_manifest', 'check_push', 'push_adapter', 'log_packing',
+           'make_trainer', 'train', 'resume_config', 'train_cmd', 'plot_losses', 'model_config', 'Arch', 'arch_of',
+           'four_bit', 'memory_gb', 'train_flops', 'Preflight', 'preflight', 'preflight_cmd', 'bench_train',
            'bench_cmd']
 
 # %% ../nbs/05_train.ipynb #662a86ad
@@ -50,7 +51,7 @@ def training_kwargs(cfg: Config, # the resolved config
                 eval_strategy="steps" if cfg.data.val_file else "no", eval_steps=e.eval_steps,
                 save_strategy="steps", save_steps=t.save_steps,  # rotation: `Checkpoints`, after the COMPLETE marker
                 prediction_loss_only=True, label_names=["labels"], remove_unused_columns=False,
-                report_to="none", disable_tqdm=False, dataloader_num_workers=0)
+                report_to="none", disable_tqdm=True, dataloader_num_workers=0)  # our Progress callback draws the one bar
 
 def training_args(cfg: Config, run_dir, device="cpu") -> TrainingArguments:
     "Turn the config into `TrainingArguments`; the only place in the project that does."
@@ -165,6 +166,32 @@ def log_row(step, logs) -> dict | None:
     else: return None
     return r
 
+def log_line(row) -> str:
+    "One human line for a train.jsonl row (the JSONL keeps every field)."
+    f = lambda v, spec: "-" if v is None else format(v, spec)
+    if row["kind"] == "train":
+        return (f"step {row['step']:>5}  loss {f(row['loss'], '.4f')}  lr {f(row['lr'], '.2e')}  grad {f(row['grad_norm'], '.3g')}  "
+                f"{f(row['tokens_per_s'], ',.0f')} tok/s  {f(row['peak_mem_gb'], '.2f')} GiB")
+    if row["kind"] == "eval":
+        by = ", ".join(f"{k} {v:.3f}" for k, v in sorted(row["eval_loss_by_type"].items()))
+        return f"step {row['step']:>5}  eval loss {f(row['eval_loss'], '.4f')}" + (f"  ({by})" if by else "")
+    return f"done in {row['train_runtime']:.1f} s" if row["kind"] == "summary" else str(row)
+
+class Progress(TrainerCallback):
+    "One tqdm bar over the optimizer steps, and above it one plain line per log event (tqdm.write, so the bar is never torn)."
+    bar = None
+    def on_train_begin(self, args, state, control, **kw):
+        if state.is_world_process_zero:
+            from tqdm.auto import tqdm
+            self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="train", unit="step", dynamic_ncols=True)
+    def on_step_end(self, args, state, control, **kw):
+        if self.bar is not None: self.bar.update(state.global_step - self.bar.n)
+    def on_log(self, args, state, control, logs=None, **kw):
+        row = log_row(state.global_step, logs or {})
+        if self.bar is not None and row is not None: self.bar.write(log_line(row))
+    def on_train_end(self, args, state, control, **kw):
+        if self.bar is not None: self.bar.close(); self.bar = None
+
 class JsonlLog(TrainerCallback):
     "Append one JSON object per Trainer log event to `path` (the run's logs/train.jsonl)."
     def __init__(self, path): self.path = Path(path)
@@ -217,17 +244,51 @@ def run_dir_for(cfg, run_id=None) -> Path:
     "The run folder: `output_dir` when set, else runs/<run_id> (a new time-stamped id when none is given)."
     return Path(cfg.output_dir) if cfg.output_dir else Path("runs") / (run_id or new_run_id())
 
+def checkpoint_problem(ckpt) -> str | None:
+    "Why a complete checkpoint cannot be resumed from (the first file that does not read back), or None."
+    import zipfile
+    from safetensors.torch import load_file
+    for f in sorted(Path(ckpt).iterdir()):
+        try:
+            if f.suffix == ".safetensors": load_file(str(f))
+            elif f.suffix in (".pt", ".pth", ".bin") and (bad := zipfile.ZipFile(f).testzip()): return f"{f.name}: member {bad} fails its CRC check"
+            elif f.suffix == ".json": json.loads(f.read_text(encoding="utf-8"))
+        except Exception as e: return f"{f.name} does not read back ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else 'empty'})"
+    return None
+
+def run_finished(run_dir) -> int | None:
+    "The final step of a finished run (its adapter and manifest are written), else None."
+    mf = Path(run_dir) / "manifest.json"
+    if not (mf.is_file() and (Path(run_dir) / "adapter").is_dir()): return None
+    try: return int(json.loads(mf.read_text(encoding="utf-8")).get("steps") or 0)
+    except (json.JSONDecodeError, ValueError, AttributeError): return None
+
+@dataclass
+class ResumePoint:
+    "Where a run starts: `ckpt` (None = from scratch), the complete-but-damaged checkpoints skipped, the partial ones to delete."
+    ckpt: Path | None = None
+    damaged: list = field(default_factory=list)  # (folder, problem)
+    partial: list = field(default_factory=list)
+
 def resume_point(run_dir, # the run folder
-                 resume=False): # True: continue; False: the folder must not hold a run yet
-    "The newest complete checkpoint to resume from, or None to start fresh."
+                 resume=False, # True: continue; False: the folder must not hold a run yet
+                 flag="--resume") -> ResumePoint: # how the caller spells 'resume' (for messages): --resume, -p resume True, resume=True
+    "Where to start (changes nothing): the newest complete checkpoint that reads back, or from scratch."
     run_dir = Path(run_dir); ck = run_dir / "checkpoints"; done = complete_checkpoints(ck)
     if not resume:
         if done or (run_dir / "adapter").exists():
-            raise Vlm3Error(f"{run_dir} already holds a run (checkpoints or adapter); pass --resume to continue it, or set output_dir to a new folder")
-        return None
-    for d in ck.glob("checkpoint-*"):
-        if not (d / COMPLETE).exists(): shutil.rmtree(d, ignore_errors=True)  # an interrupted save is never used
-    return done[-1] if done else None
+            raise Vlm3Error(f"{run_dir} already holds a run (checkpoints or adapter); continue it with {flag}, or set output_dir to a new folder")
+        return ResumePoint()
+    rp = ResumePoint(partial=[d for d in ck.glob("checkpoint-*") if _step(d) >= 0 and not (d / COMPLETE).exists()])
+    for d in reversed(done):
+        if (why := checkpoint_problem(d)) is None: rp.ckpt = d; break
+        rp.damaged.append((d, why))
+    if rp.ckpt is None:
+        failed = run_dir / "FAILED.json"
+        why = f" (it stopped: {json.loads(failed.read_text())['error']})" if failed.is_file() else ""
+        what = "no usable checkpoint: " + "; ".join(f"{d.name}: {w}" for d, w in rp.damaged) if rp.damaged else "no complete checkpoint"
+        raise Vlm3Error(f"{run_dir} has {what}{why}; there is nothing to resume. Start the run again without {flag} (the folder is reused)")
+    return rp
 
 def _trim_log(path, step):
     "Keep only log rows up to `step`, so a resumed run does not log the replayed steps twice."
@@ -269,7 +330,8 @@ def make_manifest(cfg, run_dir, device, wall_s, state, extra=None) -> dict:
     last = lambda k: next((r[k] for r in reversed(rows) if k in r), None)
     ev = next((r for r in reversed(rows) if "eval_loss" in r), {})
     return {"run_id": Path(run_dir).name, "base_model": cfg.base_model, "method": cfg.method,
-            "git": _git(Path(vlm3_nb.__file__).parent),
+            "code": {"vlm3_nb": {"version": vlm3_nb.__version__, "path": str(Path(vlm3_nb.__file__).parent), "git": _git(Path(vlm3_nb.__file__).parent)},
+                     "project": {"dir": str(Path.cwd()), "git": _git(Path.cwd())}},  # the package that ran, and the user's own repository
             "data": {p: file_sha256(p) for p in (cfg.data.train_file, cfg.data.val_file) if p and Path(p).is_file()},
             "versions": {k: _pkg_version(k) for k in ("torch", "transformers", "peft", "trl", "vlm3_nb")} | {"python": platform.python_version()},
             "device": device_name(device), "wall_s": round(wall_s, 2), "steps": state.global_step, "epoch": state.epoch,
@@ -325,13 +387,16 @@ def _no_cpu_repack(model):
     return model
 
 def make_trainer(cfg, run_dir, model, proc, train_recs, val_recs, device="cpu", callbacks=()) -> VlmTrainer:
-    "The Trainer for one run: our collator (assistant-only labels, content types), the JSONL log, complete-marked checkpoints, then `callbacks`."
+    "The Trainer for one run: our collator (assistant-only labels, content types), the JSONL log, one progress bar, complete-marked checkpoints, then `callbacks`."
+    from transformers.trainer_callback import ProgressCallback, PrinterCallback
     from vlm3_nb.packing import make_collator, train_items
     _no_cpu_repack(model)
-    return VlmTrainer(model=model, args=training_args(cfg, run_dir, device), train_dataset=train_items(train_recs, proc, cfg),
-                      eval_dataset=val_recs or None, data_collator=TaggedCollator(make_collator(proc, cfg, model)),
-                      processing_class=proc,
-                      callbacks=[JsonlLog(Path(run_dir) / "logs" / "train.jsonl"), Checkpoints(cfg.training.save_total_limit), *callbacks])
+    tr = VlmTrainer(model=model, args=training_args(cfg, run_dir, device), train_dataset=train_items(train_recs, proc, cfg),
+                    eval_dataset=val_recs or None, data_collator=TaggedCollator(make_collator(proc, cfg, model)),
+                    processing_class=proc,
+                    callbacks=[JsonlLog(Path(run_dir) / "logs" / "train.jsonl"), Progress(), Checkpoints(cfg.training.save_total_limit), *callbacks])
+    for cb in (ProgressCallback, PrinterCallback): tr.remove_callback(cb)  # they print dicts and nest an eval bar: Progress replaces both
+    return tr
 
 def _flat(d, pre=""):
     for k, v in d.items():
@@ -345,31 +410,54 @@ def _config_changes(path, cfg) -> list:
     old, new = dict(_flat(yaml.safe_load(Path(path).read_text()) or {})), dict(_flat(to_dict(cfg)))
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
 
+def _start_folder(run, rp: ResumePoint):
+    "The first writes of a run, once everything is checked: delete partial checkpoints, set damaged ones aside, forget an earlier failure."
+    for d in rp.partial: shutil.rmtree(d, ignore_errors=True)  # an interrupted save is never used
+    for d, why in rp.damaged:
+        print(f"  {d.name} is damaged ({why}); moved aside to {d.name}.damaged")
+        os.replace(d, d.with_name(d.name + ".damaged"))
+    (Path(run) / "FAILED.json").unlink(missing_ok=True)
+
+def _mark_failed(run, step, err):
+    "A run that stopped before its first complete checkpoint: say why in FAILED.json (eval has no adapter to trust, --resume refuses)."
+    Path(run).mkdir(parents=True, exist_ok=True)
+    (Path(run) / "FAILED.json").write_text(json.dumps({"step": step, "error": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:500],
+                                                       "time": time.time()}, indent=2), encoding="utf-8")
+
 def train(cfg: Config, # the resolved config (not modified)
           resume=False, # continue from the newest complete checkpoint in the run folder
           push_to_hub=None, # Hub repo id to push the adapter to
           run_id=None, # names runs/<run_id> when cfg.output_dir is empty
-          callbacks=()) -> Path: # extra TrainerCallbacks, run after ours (so a checkpoint is marked COMPLETE before theirs see it)
+          callbacks=(), # extra TrainerCallbacks, run after ours (so a checkpoint is marked COMPLETE before theirs see it)
+          resume_flag="--resume") -> Path: # how the caller spells 'resume', for messages (the papermill notebook: -p resume True)
     "Fine-tune `cfg.base_model` with LoRA on cfg.data; returns the run folder (adapter/, config.yaml, manifest.json, logs/, checkpoints/)."
     from vlm3_nb.models import load_base, apply_lora
-    t0 = time.time(); cfg = copy.deepcopy(cfg)
-    if resume and not (cfg.output_dir or run_id): raise Vlm3Error("--resume needs the run folder to continue: set output_dir=runs/<run_id>")
+    t0 = time.time(); cfg = validate_config(copy.deepcopy(cfg))
+    if resume and not (cfg.output_dir or run_id): raise Vlm3Error(f"{resume_flag} needs the run folder to continue: set output_dir=runs/<run_id>")
     run = run_dir_for(cfg, run_id); cfg.output_dir = str(run)
+    if resume and (done := run_finished(run)) is not None:
+        print(f"{run} already finished at step {done} (adapter/ and manifest.json are written); nothing to resume, nothing changed")
+        return run
     if push_to_hub: check_push(push_to_hub)
-    ckpt = resume_point(run, resume)
+    rp = resume_point(run, resume, resume_flag); ckpt = rp.ckpt
     tr, va = load_splits(cfg)
     device = default_device()
+    set_seed(cfg.training.seed)
+    model, proc = load_base(cfg, device)
+    model = apply_lora(model, cfg)  # every lora.target_modules entry must exist
+    # Everything is checked: only now does the run folder change.
     if ckpt:
         print(f"resuming {run} from {ckpt.name}")
         for c in _config_changes(run / "config.yaml", cfg): print(f"  config changed since the last attempt: {c}")
-    set_seed(cfg.training.seed)
-    model, proc = load_base(cfg, device)
-    model = apply_lora(model, cfg)
+    _start_folder(run, rp)
     save_config(cfg, run / "config.yaml")
-    _trim_log(run / "logs" / "train.jsonl", _step(ckpt) if ckpt else 0)
+    _trim_log(run / "logs" / "train.jsonl", _step(ckpt) if ckpt else -1)  # a fresh start keeps no row of an earlier attempt
     log_packing(run, tr, proc, cfg)
     trainer = make_trainer(cfg, run, model, proc, tr, va, device, callbacks)
-    trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+    try: trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+    except BaseException as e:
+        if not complete_checkpoints(run / "checkpoints"): _mark_failed(run, trainer.state.global_step, e)
+        raise
     if va and not any("eval_loss" in r and r["step"] == trainer.state.global_step for r in trainer.state.log_history):
         trainer.evaluate()  # the final eval loss, overall and per content type
     save_adapter(trainer.model, run / "adapter")
@@ -382,18 +470,32 @@ def train(cfg: Config, # the resolved config (not modified)
     return run
 
 # %% ../nbs/05_train.ipynb #e7294e7c
-def train_cmd(config, # YAML path or shipped config name
+def resume_config(config, # the --config given with --resume (a name or YAML path), or None
+                  overrides=()) -> Config: # dotted key=value strings; output_dir names the run
+    "With --resume, the run's own config.yaml is the base and the command line's overrides go on top (what changes is printed by `train`)."
+    ov = parse_overrides(list(overrides or []))
+    run = ov.get("output_dir") or (load_config(config, check=False).output_dir if config else "")
+    if not run: raise Vlm3Error("--resume needs the run folder to continue: pass output_dir=runs/<run_id>")
+    saved = Path(run) / "config.yaml"
+    if not saved.is_file(): raise Vlm3Error(f"--resume: {run} has no config.yaml, so it is not a run folder (or its run never started); check output_dir, or start the run without --resume")
+    if config: print(f"note: --resume continues {run} with its own {saved}; --config {config} is not applied (key=value overrides on the command line are)")
+    return load_config(saved, ov)
+
+def train_cmd(config, # YAML path or shipped config name (with --resume: optional, the run's config.yaml is used)
               overrides=(), # dotted key=value strings
               max_samples=None, # keep the first N training records (sets training.max_samples)
               resume=False, # continue the run in output_dir from its newest complete checkpoint
               push_to_hub=None) -> int: # Hub repo id for the adapter
     "CLI body of `vlm3 train`; returns the exit status."
-    cfg = load_config(config, list(overrides or []))
+    if resume: cfg = resume_config(config, overrides)
+    elif not config: raise Vlm3Error("--config is required: a shipped config name (demo_tiny, lora_qwen2vl) or a YAML path")
+    else: cfg = load_config(config, list(overrides or []))
+    if max_samples is not None and max_samples < 0: raise Vlm3Error(f"--max-samples {max_samples}: must be 0 (all records) or a positive count")
     if max_samples is not None: cfg.training.max_samples = int(max_samples)
     run = train(cfg, resume=resume, push_to_hub=push_to_hub)
-    mf = json.loads((run / "manifest.json").read_text())
-    print(f"run {run}: {mf['steps']} steps in {mf['wall_s']:.0f} s; loss {mf['final']['loss']:.4f}"
-          + (f", eval loss {mf['final']['eval_loss']:.4f}" if mf["final"]["eval_loss"] is not None else "") + f"; adapter in {run / 'adapter'}")
+    mf, f = json.loads((run / "manifest.json").read_text()), lambda v: "-" if v is None else f"{v:.4f}"
+    print(f"run {run}: {mf['steps']} steps in {mf['wall_s']:.0f} s; loss {f(mf['final']['loss'])}"
+          + (f", eval loss {f(mf['final']['eval_loss'])}" if mf["final"]["eval_loss"] is not None else "") + f"; adapter in {run / 'adapter'}")
     return 0
 
 # %% ../nbs/05_train.ipynb #085040c2
