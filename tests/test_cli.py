@@ -83,3 +83,20 @@ def test_validate_real_manual_metadata_and_closed_types(manual, tmp_path):
     assert r.stdout.strip().endswith("4 records: 3 valid, 1 rejected")
     r = vlm3("validate", f, "--images-root", manual, "--content-types", "specification,wiring_diagram")
     assert f"{f}:3: metadata.content_type 'specificaton' is not one of the allowed types specification, wiring_diagram; did you mean 'specification'?" in r.stdout
+
+def test_synth_and_build_tiny_never_overwrite_silently(tmp_path):
+    out = tmp_path / "m"
+    assert vlm3("synth", "--out", out, "--pages", 3).returncode == 0
+    r = vlm3("synth", "--out", out, "--pages", 2)
+    assert r.returncode == 2 and "pass --overwrite" in r.stderr and "Traceback" not in r.stderr
+    assert len(list((out / "images").iterdir())) == 3
+    assert vlm3("synth", "--out", out, "--pages", 2, "--overwrite").returncode == 0
+    assert len(list((out / "images").iterdir())) == 2  # no stale page of the old manual
+    (tmp_path / "file.txt").write_text("x")
+    r = vlm3("synth", "--out", tmp_path / "file.txt")
+    assert r.returncode == 2 and "is a file, not a folder" in r.stderr and "Traceback" not in r.stderr
+    tiny = tmp_path / "tiny"
+    assert vlm3("build-tiny", "--out", tiny).returncode == 0
+    r = vlm3("build-tiny", "--out", tiny, "--size", "small")
+    assert r.returncode == 2 and "already holds a tiny model" in r.stderr and "Traceback" not in r.stderr
+    assert vlm3("build-tiny", "--out", out).returncode == 2  # a manual is not a model folder

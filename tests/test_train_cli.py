@@ -1,5 +1,6 @@
 "`vlm3 train` and `vlm3 preflight` driven from outside: the run folder, exit codes, and a kill -9 in the middle of a checkpoint that `--resume` recovers from exactly."
-import json, signal
+import hashlib, json, shutil, signal, sys
+from pathlib import Path
 import pytest
 from conftest import vlm3
 
@@ -21,12 +22,17 @@ def train_args(model, manual, run, *extra):
 ENV = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}  # a 0.4 M-parameter model gains nothing from threads
 
 @pytest.fixture(scope="module")
-def ref_run(model, manual, tmp_path_factory):
-    "One uninterrupted run: the reference the resumed run must match."
+def ref_proc(model, manual, tmp_path_factory):
+    "One uninterrupted run (the reference the resumed runs must match) and what it printed."
     run = tmp_path_factory.mktemp("runs") / "ref"
     r = vlm3(*train_args(model, manual, run), env=ENV)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
-    return run
+    return run, r
+
+@pytest.fixture(scope="module")
+def ref_run(ref_proc): return ref_proc[0]
+
+def sha(p): return hashlib.sha256(Path(p).read_bytes()).hexdigest()
 
 def adapter(run):
     from safetensors.torch import load_file
@@ -45,6 +51,7 @@ def test_run_folder(ref_run):
     mf = json.loads((ref_run / "manifest.json").read_text())
     assert mf["steps"] == STEPS and mf["final"]["eval_loss"] == ev[-1]["eval_loss"]
     assert {"torch", "transformers", "peft", "trl", "vlm3_nb"} <= set(mf["versions"]) and len(mf["data"]) == 2
+    assert mf["code"]["vlm3_nb"]["version"] and mf["code"]["project"]["dir"]  # the package that ran and the user's own project
     ckpts = sorted(p.name for p in (ref_run / "checkpoints").iterdir())
     assert ckpts == ["checkpoint-10", "checkpoint-12", "checkpoint-5"] and all((ref_run / "checkpoints" / c / "COMPLETE").exists() for c in ckpts)
 
@@ -59,8 +66,9 @@ def test_kill_9_then_resume_is_exact(ref_run, model, manual, tmp_path):
     assert r.returncode == -signal.SIGKILL, (r.returncode, r.stderr[-2000:])
     assert (run / "checkpoints" / "checkpoint-10").is_dir() and not (run / "checkpoints" / "checkpoint-10" / "COMPLETE").exists()
     assert not (run / "adapter").exists()
-    r = vlm3(*train_args(model, manual, run, "--resume"), env=ENV)
+    r = vlm3("train", "--config", "lora_qwen2vl", f"output_dir={run}", "--resume", env=ENV)  # the README's command: the run's own config.yaml is the base
     assert r.returncode == 0, r.stderr[-3000:]
+    assert "--config lora_qwen2vl is not applied" in r.stdout
     assert "from checkpoint-5" in r.stdout  # the incomplete checkpoint-10 was never used
     a, b = adapter(ref_run), adapter(run)
     assert a.keys() == b.keys()
@@ -78,3 +86,60 @@ def test_preflight(model, manual):
     r = vlm3("preflight", "--config", "demo_tiny", f"base_model={model}", f"data.train_file={manual / 'vlm_train.jsonl'}", f"data.images_root={manual}")
     assert r.returncode == 0, r.stderr[-2000:]
     for s in ("image tokens", "padding waste", "steps per epoch", "A100-80GB", "H100"): assert s in r.stdout
+
+
+def test_training_prints_one_bar_and_plain_lines(ref_proc):
+    _, r = ref_proc
+    out = r.stdout + r.stderr
+    assert "{'loss'" not in out and "\x1b[A" not in out  # no printed dicts, no nested bars
+    assert f"step    {STEPS}  loss " in r.stdout and "eval loss" in r.stdout
+    assert "train: 100%" in r.stderr  # the one bar
+
+def test_bad_values_refused_before_anything_is_written(model, manual, tmp_path):
+    run = tmp_path / "bad"
+    r = vlm3(*train_args(model, manual, run, "training.epochs=0", "training.max_steps=-1", "training.batch_size=0", "training.gradient_accumulation_steps=0",
+                         "training.learning_rate=-1e-4", "data.max_pixels=3000", "data.min_pixels=4000", "lora.r=0", "lora.dropout=2"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    for key in ("training.epochs", "training.batch_size", "training.gradient_accumulation_steps", "training.learning_rate",
+                "'data.max_pixels' (3000) and 'data.min_pixels' (4000)", "lora.r", "lora.dropout"): assert key in r.stderr, key
+    assert "target_modules" not in r.stderr  # lora.r and lora.dropout are blamed on themselves
+    assert not run.exists()
+    r = vlm3(*train_args(model, manual, run, "lora.target_modules=[q_prj,v_proj]"))
+    assert r.returncode == 2 and "'q_prj' (did you mean 'q_proj'?)" in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert not run.exists()
+
+def test_resume_finished_run_changes_nothing(ref_run):
+    before = {p: sha(p) for p in ref_run.rglob("*") if p.is_file()}
+    r = vlm3("train", f"output_dir={ref_run}", "--resume", env=ENV)
+    assert r.returncode == 0 and f"already finished at step {STEPS}" in r.stdout, r.stdout + r.stderr[-2000:]
+    assert {p: sha(p) for p in ref_run.rglob("*") if p.is_file()} == before
+
+def test_resume_without_checkpoint_is_refused(ref_run, tmp_path):
+    run = tmp_path / "never"; run.mkdir(); shutil.copy(ref_run / "config.yaml", run / "config.yaml")
+    r = vlm3("train", f"output_dir={run}", "--resume", env=ENV)
+    assert r.returncode == 2 and "nothing to resume. Start the run again without --resume" in r.stderr and "Traceback" not in r.stderr
+    assert sorted(p.name for p in run.iterdir()) == ["config.yaml"]
+
+def test_damaged_newest_checkpoint_falls_back(ref_run, tmp_path):
+    run = tmp_path / "damaged"; shutil.copytree(ref_run, run)
+    for p in ("adapter", "manifest.json", "checkpoints/checkpoint-12"): shutil.rmtree(run / p) if (run / p).is_dir() else (run / p).unlink()
+    f = run / "checkpoints" / "checkpoint-10" / "adapter_model.safetensors"; f.write_bytes(f.read_bytes()[:len(f.read_bytes()) // 2])
+    r = vlm3("train", f"output_dir={run}", "--resume", env=ENV)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "checkpoint-10 is damaged (adapter_model.safetensors does not read back" in r.stdout and "from checkpoint-5" in r.stdout
+    assert (run / "checkpoints" / "checkpoint-10.damaged").is_dir()  # set aside, not deleted
+    a, b = adapter(ref_run), adapter(run)
+    assert max((a[k] - b[k]).abs().max().item() for k in a) == 0.0  # from the older checkpoint, still exact
+
+def test_papermill_train_notebook_parameters(tmp_path):
+    nb = Path(__file__).resolve().parents[1] / "nbs" / "runs" / "train.ipynb"
+    pm = [str(Path(sys.executable).parent / "papermill"), str(nb)]
+    import subprocess
+    run = tmp_path / "pm-run"
+    args = ["-k", "python3", "-p", "max_steps", "3", "-p", "overrides", "training.save_steps=3 eval.eval_steps=3", "-p", "run_dir", str(run)]
+    r = subprocess.run(pm + [str(tmp_path / "a.ipynb"), *args], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "unknown parameter" not in r.stderr and "Unable to parse" not in r.stderr, r.stderr[-2000:]
+    assert json.loads((run / "manifest.json").read_text())["steps"] == 3
+    r = subprocess.run(pm + [str(tmp_path / "b.ipynb"), *args], capture_output=True, text=True, timeout=600)
+    assert r.returncode != 0 and "continue it with -p resume True" in r.stderr  # the notebook's own wording, not the CLI's

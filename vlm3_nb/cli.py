@@ -14,7 +14,7 @@ __all__ = ['demo_config', 'run_demo', 'bench_generate_cmd', 'bench_demo_cmd', 'b
 # %% ../nbs/12_cli.ipynb #d83606a5
 def _synth(a):
     from vlm3_nb.synth import synth_cmd
-    return synth_cmd(a.out, pages=a.pages, seed=a.seed, qa_per_page=a.qa_per_page, style=a.style)
+    return synth_cmd(a.out, pages=a.pages, seed=a.seed, qa_per_page=a.qa_per_page, style=a.style, overwrite=a.overwrite)
 
 def _validate(a):
     from vlm3_nb.data import validate_cmd
@@ -26,7 +26,7 @@ def _prepare(a):
 
 def _build_tiny(a):
     from vlm3_nb.models import build_tiny_cmd
-    return build_tiny_cmd(a.out, size=a.size)
+    return build_tiny_cmd(a.out, size=a.size, overwrite=a.overwrite)
 
 def _train(a):
     from vlm3_nb.train import train_cmd
@@ -86,6 +86,11 @@ def demo_config(out="runs/demo", *overrides):
 # %% ../nbs/12_cli.ipynb #57b820ff
 def _step(i, n, msg): print(f"\n[{i}/{n}] {msg}", flush=True)
 
+def _reclaim(folder, marker):
+    "The demo owns its folder: a part of it from an older layout (no marker) is removed, so the demo can overwrite it."
+    import shutil
+    if Path(folder).is_dir() and not (Path(folder) / marker).is_file(): shutil.rmtree(folder)
+
 def run_demo(out="runs/demo", # working folder: manual, model, runs, evals
              reports="reports/demo", # where the HTML reports and compare.json go
              pages=24, seed=0, overrides=()) -> dict:
@@ -93,7 +98,7 @@ def run_demo(out="runs/demo", # working folder: manual, model, runs, evals
     import shutil
     from vlm3_nb.synth import synthesize
     from vlm3_nb.data import validate_file, prepare_datasets
-    from vlm3_nb.models import build_tiny
+    from vlm3_nb.models import build_tiny, TINY_MARK
     from vlm3_nb.train import train
     from vlm3_nb.evaluate import evaluate
     from vlm3_nb.report import report_cmd, compare_cmd
@@ -102,7 +107,7 @@ def run_demo(out="runs/demo", # working folder: manual, model, runs, evals
     out, reports, t0, N = Path(out), Path(reports), time.time(), 7
     cfg = demo_config(out, *overrides); man = Path(cfg.data.images_root)
     _step(1, N, f"synthesizing a {pages}-page service manual -> {man}")
-    synthesize(man, pages=pages, seed=seed)
+    _reclaim(man, "synth.json"); synthesize(man, pages=pages, seed=seed, overwrite=True)
     for f in (cfg.data.train_file, cfg.data.val_file):
         rep = validate_file(f, images_root=man)
         print(f"      {Path(f).name}: {rep.summary().splitlines()[-1]}")
@@ -110,7 +115,7 @@ def run_demo(out="runs/demo", # working folder: manual, model, runs, evals
     _step(2, N, "preparing the Hugging Face datasets")
     prepare_datasets(cfg.data.train_file, cfg.data.val_file, man, out / "dataset")
     _step(3, N, f"building the tiny Qwen2-VL -> {cfg.base_model}")
-    build_tiny(cfg.base_model, size="tiny", seed=seed)
+    _reclaim(cfg.base_model, TINY_MARK); build_tiny(cfg.base_model, size="tiny", seed=seed, overwrite=True)
     ev = dict(data=cfg.data.val_file, images_root=man, probes=cfg.data.probes_file, cfg=cfg)
     _step(4, N, "baseline eval (the unmodified base model, before any fine-tuning)")
     base = evaluate(cfg.base_model, out=out / "eval-baseline", **ev)
@@ -174,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True); s.add_argument("--pages", type=int, default=24)
     s.add_argument("--seed", type=int, default=0); s.add_argument("--qa-per-page", type=int, default=6)
     s.add_argument("--style", default="plain", choices=["plain", "llava-cot"], help="answers as plain text or LLaVA-CoT tagged reasoning")
+    s.add_argument("--overwrite", action="store_true", help="replace a manual synth wrote in --out before (only its own files are removed)")
     s.set_defaults(fn=_synth)
     s = sub.add_parser("validate", help="check every record of a JSONL/JSON file; FILE:LINE: reason per problem")
     s.add_argument("file"); s.add_argument("--images-root", default=None)
@@ -189,12 +195,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=_prepare)
     s = sub.add_parser("build-tiny", help="build the embedded tiny Qwen2-VL (offline tokenizer, random weights)")
     s.add_argument("--out", required=True); s.add_argument("--size", default="tiny", choices=["tiny", "small"])
+    s.add_argument("--overwrite", action="store_true", help="replace a model build-tiny wrote in --out before (only its own files are removed)")
     s.set_defaults(fn=_build_tiny)
     s = sub.add_parser("preflight", help="token counts, padding waste, steps, GPU memory/hours/$ before paying for a GPU")
     s.add_argument("--config", required=True); s.add_argument("overrides", nargs="*", metavar="key=value")
     s.set_defaults(fn=_preflight)
     s = sub.add_parser("train", help="LoRA/QLoRA fine-tuning with checkpoints, resume, JSONL logs, manifest")
-    s.add_argument("--config", required=True, help="YAML path or shipped config name (lora_qwen2vl, demo_tiny)")
+    s.add_argument("--config", default=None, help="YAML path or shipped config name (demo_tiny, lora_qwen2vl); with --resume the run's own config.yaml is used")
     s.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides, e.g. training.max_steps=20")
     s.add_argument("--max-samples", type=int, default=None); s.add_argument("--resume", action="store_true")
     s.add_argument("--push-to-hub", default=None, metavar="REPO")

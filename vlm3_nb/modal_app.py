@@ -163,7 +163,7 @@ def train_job(dataset_id, # Hub dataset id, or a folder on the Volume
     state = resume_state(run)
     commit()
     if state != "done":
-        train(cfg, resume=True, push_to_hub=repo, callbacks=[_commit_callback(commit)])
+        train(cfg, resume=state == "resume", push_to_hub=repo, callbacks=[_commit_callback(commit)])
         commit()
     man = json.loads((run / "manifest.json").read_text())
     if repo and not man.get("pushed_to"):

@@ -275,11 +275,12 @@ def resume_point(run_dir, # the run folder
                  flag="--resume") -> ResumePoint: # how the caller spells 'resume' (for messages): --resume, -p resume True, resume=True
     "Where to start (changes nothing): the newest complete checkpoint that reads back, or from scratch."
     run_dir = Path(run_dir); ck = run_dir / "checkpoints"; done = complete_checkpoints(ck)
+    partial = [d for d in ck.glob("checkpoint-*") if _step(d) >= 0 and not (d / COMPLETE).exists()]
     if not resume:
         if done or (run_dir / "adapter").exists():
             raise Vlm3Error(f"{run_dir} already holds a run (checkpoints or adapter); continue it with {flag}, or set output_dir to a new folder")
-        return ResumePoint()
-    rp = ResumePoint(partial=[d for d in ck.glob("checkpoint-*") if _step(d) >= 0 and not (d / COMPLETE).exists()])
+        return ResumePoint(partial=partial)
+    rp = ResumePoint(partial=partial)
     for d in reversed(done):
         if (why := checkpoint_problem(d)) is None: rp.ckpt = d; break
         rp.damaged.append((d, why))
