@@ -1,5 +1,5 @@
 "`vlm3 report` and `vlm3 compare` driven from outside: papermill reports, compare.json, and no secret in anything they write."
-import json
+import json, subprocess, sys
 from pathlib import Path
 import pytest
 from conftest import vlm3
@@ -89,7 +89,8 @@ def test_compare_unpaired_and_disjoint(evals, tmp_path):
     _write(part, _rows(part)[3:])
     r = vlm3("compare", a, part, "--out", tmp_path / "p", "--n-boot", 200, "--no-report")
     assert r.returncode == 0, r.stderr
-    assert "3 ids only in" in r.stderr  # a warning names the unpaired ids
+    assert f"warning: 3 examples are only in A ({a}) and 0 only in B ({part}), so they are left out" in r.stderr  # one plain sentence ...
+    assert "UserWarning" not in r.stderr and "warnings.warn" not in r.stderr and "report.py" not in r.stderr  # ... not Python's warning with its source line
     assert json.loads((tmp_path / "p" / "compare.json").read_text())["unpaired"]["only_a"] == ["fx-000", "fx-001", "fx-002"]
     other = tmp_path / "other"; other.mkdir()
     (other / "results.jsonl").write_text(json.dumps({"id": "zzz", "metrics": {}}) + "\n")
@@ -134,3 +135,77 @@ def test_eval_report_notebook_runs_the_eval_then_reports(tiny, manual, tmp_path)
                        capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode != 0 and "modal token new" in r.stdout + r.stderr
     assert not (tmp_path / "ev2" / "results.jsonl").exists()
+
+
+NOISE = ("IPKernelApp", "without encryption", "Alternative text is missing", "Passed unknown parameter", "Unable to parse line", "Traceback", "Warning:")
+
+def _quiet(r):
+    "No kernel, nbconvert or papermill noise and no raw Python warning in a command's output."
+    out = r.stdout + r.stderr
+    for n in NOISE: assert n not in out, (n, out[-2000:])
+
+def test_compare_probes_only_says_why(evals, tmp_path):
+    "Two evals that share only their probes: every metric says why it has no delta, and a warning says what to do."
+    a, _ = evals
+    po = example_eval_dir(tmp_path / "po", seed=3)
+    _write(po, [dict(r, id="other-" + r["id"]) if r["kind"] == "val" else r for r in _rows(po)])
+    r = vlm3("compare", a, po, "--out", tmp_path / "c", "--n-boot", 100, "--no-report")
+    assert r.returncode == 0, r.stderr
+    res = json.loads((tmp_path / "c" / "compare.json").read_text())
+    assert (res["n_val"], res["probes"]["n"]) == (0, 4)
+    assert {s["status"] for s in res["metrics"].values()} == {"no paired validation examples"}
+    assert "missing" not in r.stdout
+    assert "warning: A and B share no validation example, only 4 probes, so no metric can be compared" in r.stderr
+    assert any("share no validation example" in w for w in res["warnings"])
+    _quiet(r)
+
+def test_compare_different_generation_settings_warns_console_report_and_json(tmp_path):
+    "B generated 8 new tokens where A had 256 (its summary's `settings` block wins over its `config`): said on the console, in the report and in compare.json."
+    a = example_eval_dir(tmp_path / "a", seed=3)
+    b = example_eval_dir(tmp_path / "b", seed=3, shift=0.1)
+    s = json.loads((b / "summary.json").read_text())
+    s["settings"] = {"generation": {"max_new_tokens": 8, "mode": "single"}, "max_pixels": s["config"]["data"]["max_pixels"], "model": "none (fixture)"}
+    (b / "summary.json").write_text(json.dumps(s))
+    assert s["config"]["generation"]["max_new_tokens"] == 256  # the stale config says what A says; the settings block is what B measured
+    out = tmp_path / "cmp"
+    r = vlm3("compare", a, b, "--out", out, "--n-boot", 200)
+    assert r.returncode == 0, r.stderr
+    assert "warning: A and B generated with different settings (generation.max_new_tokens 256 in A, 8 in B)" in r.stderr
+    res = json.loads((out / "compare.json").read_text())
+    assert res["settings"]["differ"] == {"generation.max_new_tokens": {"a": 256, "b": 8}}
+    assert res["settings"]["b"]["generation.max_new_tokens"] == 8 and res["settings"]["b"]["model"] == "none (fixture)"  # B's settings block, as it is
+    page = (out / "compare.html").read_text(encoding="utf-8")
+    assert "A and B generated with different settings" in page and "⚠ differs" in page
+    assert "No description has been provided" not in page  # every chart and page in the HTML has alt text
+    _quiet(r)
+
+def test_report_images_root_not_a_folder_warns(tmp_path):
+    "`--images-root /nonexistent`: the report still renders, and says on the console and in place of each page why the pages are missing."
+    d = example_eval_dir(tmp_path / "ev", seed=5)
+    (tmp_path / "pages").mkdir(); (d / "images").rename(tmp_path / "pages" / "images")  # the pages live outside the eval folder, as in a real eval
+    s = json.loads((d / "summary.json").read_text()); s["images_root"] = str(tmp_path / "pages"); (d / "summary.json").write_text(json.dumps(s))
+    bad = tmp_path / "nonexistent"
+    r = vlm3("report", d, "--out", tmp_path / "r", "--images-root", bad)
+    assert r.returncode == 0, r.stderr
+    assert f"warning: the images root {bad} is not a folder, so 22 of 22 page images were not found under {bad} or {d}" in r.stderr
+    assert "pass --images-root FOLDER" in r.stderr
+    page = (tmp_path / "r" / "eval_report.html").read_text(encoding="utf-8")
+    assert "data:image/jpeg" not in page and f"is not under {bad} or {d}" in page and "⚠ the images root" in page
+    _quiet(r)
+    r = vlm3("report", d, "--out", tmp_path / "r2")  # the recorded root is right: no warning, thumbnails with alt text
+    assert r.returncode == 0 and "warning" not in r.stderr, r.stderr
+    page = (tmp_path / "r2" / "eval_report.html").read_text(encoding="utf-8")
+    assert "data:image/jpeg;base64," in page and "No description has been provided" not in page
+    _quiet(r)
+
+@pytest.mark.parametrize("nb", ["eval_report", "compare", "reasoning_compare"])
+def test_run_notebook_parameters_parse(nb):
+    "papermill reads every parameter of the run notebooks with its type and help, and warns about no line."
+    path = Path(__file__).resolve().parents[1] / "nbs" / "runs" / f"{nb}.ipynb"
+    r = subprocess.run([str(Path(sys.executable).parent / "papermill"), "--help-notebook", str(path)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    src = next(c for c in json.loads(path.read_text())["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))["source"]
+    names = [l.split(":")[0].split("=")[0].strip() for l in "".join(src).splitlines() if l.strip() and not l.startswith("#")]
+    assert len(names) >= 5
+    for n in names: assert f"  {n}: " in r.stdout, (n, r.stdout)
+    assert "Unknown type" not in r.stdout and "Unable to parse" not in r.stdout + r.stderr, r.stdout

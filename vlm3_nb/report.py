@@ -4,23 +4,24 @@
 
 # %% ../nbs/09_report.ipynb #51ce7133
 from __future__ import annotations
-import base64, html, io, json, os, re, tempfile, warnings
+import base64, copy, html, io, json, os, re, sys, tempfile, warnings
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 import numpy as np
 import yaml
-from .core import Vlm3Error, Thresholds
+from .core import Vlm3Error, Thresholds, Config, set_key
 
 # %% auto #0
-__all__ = ['STATUSES', 'MANIFEST_SKIP', 'TIE', 'SECRET_VARS', 'KEY_PATTERNS', 'RUN_NBS', 'EvalRun', 'load_run',
-           'example_eval_dir', 'thresholds', 'metric_names', 'score_of', 'metric_stats', 'overall', 'md_table',
-           'verdict', 'probe_stats', 'row_passed', 'threshold_checks', 'overall_passed', 'verdict_md', 'overall_md',
-           'content_types', 'by_type', 'by_type_md', 'Png', 'plot_by_type', 'worst', 'image_path', 'thumb_uri',
-           'example_html', 'failures_html', 'probes_md', 'grounding_md', 'manifest', 'manifest_md', 'banner_md',
-           'paired_bootstrap', 'Comparison', 'compare', 'compare_md', 'compare_by_type_md', 'plot_deltas', 'flips_html',
-           'scrub_secrets', 'runs_dir', 'run_notebook', 'to_html', 'render_report', 'report_cmd', 'compare_text',
-           'compare_cmd']
+__all__ = ['STATUSES', 'MANIFEST_SKIP', 'ANSWER_KEYS', 'TIE', 'SECRET_VARS', 'KEY_PATTERNS', 'RUN_NBS', 'KERNEL_ARGS', 'EvalRun',
+           'load_run', 'example_eval_dir', 'thresholds', 'metric_names', 'score_of', 'metric_stats', 'overall',
+           'md_table', 'verdict', 'probe_stats', 'row_passed', 'threshold_checks', 'overall_passed', 'verdict_md',
+           'overall_md', 'content_types', 'by_type', 'by_type_md', 'Png', 'plot_by_type', 'worst', 'image_roots',
+           'image_path', 'images_note', 'thumb_uri', 'example_html', 'failures_html', 'probes_md', 'grounding_md',
+           'manifest', 'manifest_md', 'answer_settings', 'shown_settings', 'settings_md', 'banner_md',
+           'paired_bootstrap', 'Comparison', 'settings_diff', 'compare', 'compare_md', 'compare_settings_md',
+           'compare_by_type_md', 'plot_deltas', 'flips_html', 'scrub_secrets', 'runs_dir', 'run_notebook', 'to_html',
+           'execute_nb', 'render_report', 'report_cmd', 'compare_text', 'compare_cmd']
 
 # %% ../nbs/09_report.ipynb #3abba506
 STATUSES = ("ok", "not run", "not applicable", "error")
@@ -111,7 +112,8 @@ def example_eval_dir(path, # folder to write (created)
                      noise=0.0, # std of per-example jitter (separate generator, so base scores do not move)
                      judge=False, # False: judge metrics are 'not run'
                      probes=4, # probe rows
-                     label="fixture") -> Path:
+                     label="fixture", # the run's name in summary.json
+                     overrides=None) -> Path: # config keys recorded in summary.json's `config`, e.g. {"generation.max_new_tokens": 8}
     "Write an ILLUSTRATIVE eval folder (made-up scores, drawn pages) in the `vlm3 eval --out` layout, for demos and tests."
     path = Path(path); (path / "images").mkdir(parents=True, exist_ok=True)
     rng, jit, jrng = (np.random.default_rng(seed + k) for k in (0, 10_000, 20_000))  # base scores, jitter, judge scores
@@ -142,10 +144,12 @@ def example_eval_dir(path, # folder to write (created)
             r["grounding"] = {"prediction_blank": "(fixture) I cannot read this page.", "metrics_blank": {"keyword_presence": m_ok("keyword_presence", kb, "(fixture)")}}
         rows.append(r)
     (path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    cfg = Config()
+    for k, v in (overrides or {}).items(): set_key(cfg, k, v, "example_eval_dir(overrides=)")
     summ = {"fixture": True, "name": label, "note": "ILLUSTRATIVE FIXTURE: made-up scores written by vlm3_nb.report.example_eval_dir, not a real evaluation",
             "model": "none (fixture)", "adapter": None, "fingerprint": f"fixture-seed{seed}-shift{shift}-noise{noise}",
             "images_root": str(path.resolve()), "judge": "claude (fixture)" if judge else "none", "cost": {"usd": 0.0, "calls": 0},
-            **_fix_summary(rows, n, thr)}
+            **_fix_summary(rows, n, thr), "config": asdict(cfg)}
     (path / "summary.json").write_text(json.dumps(summ, indent=2), encoding="utf-8")
     return path
 
@@ -272,10 +276,12 @@ def by_type_md(run: EvalRun) -> str:
                     [[ct, d["n"], f"{d['passing']}/{d['judged']}"] + [cell(d["metrics"][m]) for m in names] for ct, d in bt.items()])
 
 class Png:
-    "A matplotlib figure rendered once to PNG, so it shows the same in Jupyter, papermill and the HTML export."
-    def __init__(self, fig, dpi=100):
+    "A matplotlib figure rendered once to PNG, so it shows the same in Jupyter, papermill and the HTML export; its repr is its alt text."
+    def __init__(self, fig, dpi=100, alt=None):
         buf = io.BytesIO(); fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight"); self.fig, self.data = fig, buf.getvalue()
+        self.alt = alt or "chart: " + "; ".join(t for ax in fig.axes if (t := ax.get_title())) or "chart"
     def _repr_png_(self): return self.data
+    def __repr__(self): return self.alt
 
 def plot_by_type(run: EvalRun) -> Png | None:
     "Bar chart per scored metric: mean per content type, threshold dashed, n on each bar; None when nothing was scored."
@@ -291,7 +297,7 @@ def plot_by_type(run: EvalRun) -> Png | None:
         top = max([s["mean"] or 0 for s in sts] + [t or 0])
         ax.set_ylim(0, 1.1 if top <= 1 else 110); ax.set_title(m + ("" if top <= 1 else " (0-100)"), fontsize=9); ax.tick_params(axis="x", labelrotation=30, labelsize=8)
     fig.tight_layout()
-    return Png(fig)
+    return Png(fig, alt="bar chart: mean score per content type, threshold dashed, for " + ", ".join(names))
 
 # %% ../nbs/09_report.ipynb #3f931f84
 def _n_failed(r): return sum(1 for m in (r.get("metrics") or {}).values() if m.get("status") == "ok" and m.get("passed") is False)
@@ -309,13 +315,28 @@ def worst(run: EvalRun, k=3, kind="val") -> dict:
         out[ct] = sorted(rs, key=lambda r: (-_n_failed(r), _mean_score(r)))[:k]
     return out
 
+def image_roots(run: EvalRun) -> list:
+    "Where page images are looked for, in order: the images root (a relative one from the current folder, then from the eval folder), then the eval folder."
+    roots = [Path(run.images_root)] if run.images_root else []
+    return list(dict.fromkeys(roots + [run.path / r for r in roots if not r.is_absolute()] + [run.path]))
+
 def image_path(run: EvalRun, row) -> Path | None:
     "The page image of `row`: under the summary's images_root, else under the eval folder; None if neither has it."
     rel = row.get("image")
     if not rel: return None
-    roots = [Path(run.images_root)] if run.images_root else []
-    roots += [run.path / r for r in roots if not r.is_absolute()] + [run.path]
-    return next((p for root in roots if (p := root / rel).is_file()), None)
+    return next((p for root in image_roots(run) if (p := root / rel).is_file()), None)
+
+def _where(run): return " or ".join(str(r) for r in image_roots(run))
+
+def images_note(run: EvalRun) -> str | None:
+    "One sentence when page images of the rows are missing: how many, where they were looked for, and the fix; None when all are found."
+    rows = [r for r in run.rows if r.get("image")]
+    miss = [r for r in rows if image_path(run, r) is None]
+    if not miss: return None
+    gone = [r for r in image_roots(run)[:1] if not r.is_dir()]
+    why = f"the images root {gone[0]} is not a folder, so " if gone else ""
+    return (f"{why}{len(miss)} of {len(rows)} page images were not found under {_where(run)} (e.g. {miss[0]['image']!r}), and the report "
+            "shows those examples without their page; pass --images-root FOLDER, the folder the image paths in results.jsonl are relative to")
 
 def thumb_uri(path, size=(160, 220)) -> str | None:
     "A base64 JPEG `data:` URI of a thumbnail of the image, or None when it cannot be read."
@@ -340,7 +361,11 @@ def _metrics_html(row) -> str:
 def example_html(run: EvalRun, row, extra="") -> str:
     "One example as HTML: page thumbnail, id/section/page, question, expected, prediction, metric table."
     p = image_path(run, row); uri = thumb_uri(p) if p else None
-    img = f"<img src='{uri}' style='max-width:160px;border:1px solid #ccc'/>" if uri else f"<i>page image not found: {html.escape(str(row.get('image')))} (pass --images-root)</i>"
+    alt = html.escape(f"page {row.get('page')} ({row.get('image')}) of example {row.get('id')}", quote=True)
+    if uri: img = f"<img src='{uri}' alt='{alt}' style='max-width:160px;border:1px solid #ccc'/>"
+    elif p: img = f"<i>page image {html.escape(str(p))} could not be read as an image</i>"
+    elif not row.get("image"): img = "<i>this example names no page image</i>"
+    else: img = f"<i>page image not found: {html.escape(str(row.get('image')))} is not under {html.escape(_where(run))} (pass --images-root)</i>"
     e = lambda k: html.escape(_short(row.get(k)))
     meta = " · ".join(html.escape(str(x)) for x in (row.get("id"), row.get("section"), f"page {row.get('page')}") if x)
     body = (f"<div><b>{meta}</b></div><div><b>Question:</b> {e('question')}</div><div><b>Expected:</b> {e('expected')}</div>"
@@ -393,7 +418,7 @@ def grounding_md(run: EvalRun) -> str | None:
                                [[ct, st.get("n"), _f(st.get("changed"), 2)] + [_gcell(st.get(k)) for k in keys] for ct, st in items])
     return "```json\n" + json.dumps(g, indent=2) + "\n```"  # a shape this report does not know yet: shown as it is
 
-MANIFEST_SKIP = {"metrics", "by_content_type", "grounding", "thresholds", "passed", "probes", "config"}  # shown elsewhere, or too long
+MANIFEST_SKIP = {"metrics", "by_content_type", "grounding", "thresholds", "passed", "probes", "config", "settings"}  # shown elsewhere, or too long
 
 def manifest(run: EvalRun) -> dict:
     "What was evaluated: the eval folder, then summary.json's top-level facts (model, adapter, fingerprint, judge, cost, counts, ...)."
@@ -406,6 +431,51 @@ def manifest_md(run: EvalRun) -> str:
     "The manifest as a two-column markdown table; nested values as compact JSON."
     val = lambda v: v if _scalar(v) else _short(json.dumps(v), 400)
     return md_table(["", ""], [[k, "—" if v is None else val(v)] for k, v in manifest(run).items()])
+
+# %% ../nbs/09_report.ipynb #281de3ab
+ANSWER_KEYS = ("generation.max_new_tokens", "generation.do_sample", "generation.temperature", "generation.top_p",
+               "generation.repetition_penalty", "generation.mode", "data.min_pixels", "data.max_pixels", "data.system_prompt")
+_NOT_ANSWER = {"batch_size", "seconds", "tokens"}  # how fast, not what: they do not change an answer
+
+def _flat(d, prefix="") -> dict:
+    "A nested mapping as {dotted key: value}."
+    out = {}
+    for k, v in (d or {}).items():
+        if isinstance(v, dict): out.update(_flat(v, f"{prefix}{k}."))
+        else: out[f"{prefix}{k}"] = v
+    return out
+
+def _canon(key):
+    "A recorded key as its config name when it changes an answer (any generation setting, or one of ANSWER_KEYS by its last part), else None."
+    *path, last = key.split(".")
+    if last in _NOT_ANSWER: return None
+    if "generation" in path: return "generation." + last
+    return next((k for k in ANSWER_KEYS if k.endswith("." + last)), None)
+
+def answer_settings(run: EvalRun) -> dict:
+    "The settings that change an answer, as the eval recorded them: summary.json's `config` (else config.yaml), its `mode`, then its `settings` block."
+    s = run.summary; cfg = s.get("config") if isinstance(s.get("config"), dict) else run.config
+    srcs = [{k: cfg.get(k) for k in ("generation", "data") if isinstance(cfg.get(k), dict)},
+            {"generation": {"mode": s["mode"]}} if s.get("mode") else {}, s.get("settings") if isinstance(s.get("settings"), dict) else {}]
+    out = {}
+    for src in srcs:
+        for k, v in _flat(src).items():
+            if (c := _canon(k)): out[c] = v
+    return dict(sorted(out.items(), key=lambda kv: (ANSWER_KEYS + (kv[0],)).index(kv[0])))
+
+def shown_settings(run: EvalRun) -> tuple:
+    "(settings to show, where they come from): summary.json's whole `settings` block when present, else `answer_settings`."
+    st = run.summary.get("settings")
+    if isinstance(st, dict) and st: return _flat(st), "summary.json `settings`"
+    a = answer_settings(run)
+    return a, ("summary.json `config`" if isinstance(run.summary.get("config"), dict) else "config.yaml") if a else "nothing recorded"
+
+def settings_md(run: EvalRun) -> str:
+    "The settings of the eval as a two-column table, saying where they were read from."
+    st, src = shown_settings(run)
+    if not st: return "_This eval recorded no settings (no `settings` or `config` in summary.json, no config.yaml): what it generated with is unknown._"
+    val = lambda v: "—" if v is None else v if _scalar(v) else json.dumps(v)
+    return f"From {src}:\n\n" + md_table(["setting", "value"], [[k, val(v)] for k, v in st.items()])
 
 # %% ../nbs/09_report.ipynb #32bf4a3e
 def banner_md(run: EvalRun, title="") -> str:
@@ -457,6 +527,7 @@ def _verdicts(ra, rb):
     return out
 
 def _cmp_metric(pairs, m, n_boot, seed) -> dict:
+    if not pairs: return dict(n=0, status="no paired validation examples", delta=None, lower=None, upper=None, wins=0, losses=0, ties=0)
     both = [(x, y) for ra, rb in pairs if (x := score_of(ra, m)) is not None and (y := score_of(rb, m)) is not None]
     if not both:
         sa, sb = _status_of([p[0] for p in pairs], m), _status_of([p[1] for p in pairs], m)
@@ -487,6 +558,34 @@ def _probe_cmp(pairs) -> dict:
     ja, jb = [x for x, _ in pv if x is not None], [y for _, y in pv if y is not None]
     return dict(n=len(pairs), pass_rate_a=sum(ja) / len(ja) if ja else None, pass_rate_b=sum(jb) / len(jb) if jb else None)
 
+def _v(v, n=60):
+    "A setting's value, short enough for a sentence."
+    t = repr(v); return t if len(t) <= n else t[:n] + "…'"
+
+def settings_diff(A: EvalRun, B: EvalRun) -> dict:
+    "The answer-changing settings recorded in both runs whose values differ: {key: {'a': ..., 'b': ...}}."
+    sa, sb = answer_settings(A), answer_settings(B)
+    return {k: dict(a=sa[k], b=sb[k]) for k in list(dict.fromkeys(list(sa) + list(sb))) if k in sa and k in sb and sa[k] != sb[k]}
+
+def _compare_notes(A, B, ids, only_a, only_b, mism, n_val, diff) -> list:
+    "Plain sentences about what makes the two runs not like for like (each names the folders or settings and the fix)."
+    notes, a, b = [], A.path, B.path
+    da, db = A.summary.get("data"), B.summary.get("data")
+    data = f" (A's val file is {da}, B's is {db})" if da and db and da != db else ""
+    if only_a or only_b:
+        notes.append(f"{len(only_a)} examples are only in A ({a}) and {len(only_b)} only in B ({b}), so they are left out and {len(ids)} are paired{data}: "
+                     "the two evals did not answer the same questions; evaluate both on the same data.val_file and probes for a full comparison.")
+    if ids and not n_val:
+        notes.append(f"A and B share no validation example, only {len(ids)} probes, so no metric can be compared (every metric reads 'no paired validation examples'); "
+                     "evaluate both on the same data.val_file.")
+    if mism: notes.append(f"{len(mism)} paired examples have different question text in A and B (e.g. {mism[0]!r}): the val file changed between the two evals; re-run one of them on the other's file.")
+    if diff:
+        notes.append("A and B generated with different settings (" + ", ".join(f"{k} {_v(d['a'])} in A, {_v(d['b'])} in B" for k, d in diff.items())
+                     + "), so the deltas measure the settings as well as the model; evaluate both with the same --config (or key=value overrides) to compare the models alone.")
+    for side, r in (("A", A), ("B", B)):
+        if not answer_settings(r): notes.append(f"{side} ({r.path}) recorded no generation settings (no settings or config in summary.json): cannot check that both runs generated the same way.")
+    return notes
+
 def compare(a_dir, # eval folder of run A (the baseline)
             b_dir, # eval folder of run B (e.g. the fine-tuned model)
             n_boot=2000, # bootstrap resamples
@@ -497,17 +596,18 @@ def compare(a_dir, # eval folder of run A (the baseline)
     ids = [i for i in ia if i in ib]
     if not ids: raise Vlm3Error(f"{a_dir} and {b_dir} share no example ids: compare two evals of the same val set (same data.val_file and probes)")
     only_a, only_b = [i for i in ia if i not in ib], [i for i in ib if i not in ia]
-    if only_a or only_b:
-        warnings.warn(f"compare: {len(only_a)} ids only in {a_dir} and {len(only_b)} only in {b_dir} are left out; {len(ids)} examples are paired")
     mism = [i for i in ids if ia[i].get("question") != ib[i].get("question")]
-    if mism: warnings.warn(f"compare: {len(mism)} paired ids have different question text in {a_dir} and {b_dir} (e.g. {mism[0]!r}); was the val file changed?")
     pairs = [(ia[i], ib[i]) for i in ids]; names = metric_names(A.rows + B.rows)
     val = [p for p in pairs if p[0].get("kind", "val") != "probe"]
+    diff = settings_diff(A, B)
+    notes = _compare_notes(A, B, ids, only_a, only_b, mism, len(val), diff)
+    for n in notes: warnings.warn(n, stacklevel=2)
     ct_of = lambda p: p[0].get("content_type") or "unknown"
     by_ct = {ct: {m: _cmp_metric([p for p in val if ct_of(p) == ct], m, n_boot, seed) for m in names} for ct in content_types([p[0] for p in val])}
     flips = [f for p in pairs if (f := _flip(*p))]
     return Comparison(a=_side(A), b=_side(B), n_paired=len(ids), n_val=len(val), unpaired=dict(only_a=only_a, only_b=only_b),
-                      question_mismatch=mism, n_boot=n_boot, seed=seed, ci=0.95,
+                      question_mismatch=mism, settings=dict(a=shown_settings(A)[0], b=shown_settings(B)[0], differ=diff), warnings=notes,
+                      n_boot=n_boot, seed=seed, ci=0.95,
                       metrics={m: _cmp_metric(val, m, n_boot, seed) for m in names}, by_content_type=by_ct,
                       probes=_probe_cmp([p for p in pairs if p[0].get("kind") == "probe"]),
                       flips=dict(pass_to_fail=[f for f in flips if f["passed_a"]], fail_to_pass=[f for f in flips if f["passed_b"]]))
@@ -523,13 +623,22 @@ def compare_md(res: dict) -> str:
             f"95% paired bootstrap CI over {res['n_boot']} resamples.\n\n")
     pr = res.get("probes") or {}
     if pr.get("n"): head += f"Probe pass rate: A {_f(pr['pass_rate_a'])}, B {_f(pr['pass_rate_b'])} ({pr['n']} paired probes).\n\n"
-    un = res["unpaired"]
-    if un["only_a"] or un["only_b"]: head += f"⚠ {len(un['only_a'])} ids only in A and {len(un['only_b'])} only in B were left out.\n\n"
+    head += "".join(f"⚠ {html.escape(n)}\n\n" for n in res.get("warnings") or [])
     rows = []
     for m, s in res["metrics"].items():
         if not s["n"]: rows.append([m, 0, "—", "—", s["status"], "—", "—", "—", "—"]); continue
         rows.append([m, s["n"], _f(s["a"]), _f(s["b"]), _delta(s), f"{s['wins']}/{s['losses']}/{s['ties']}", s["pass_to_fail"], s["fail_to_pass"], s["verdict"]])
     return head + md_table(["metric", "n", "A", "B", "Δ B−A [95% CI]", "W/L/T", "pass→fail", "fail→pass", "verdict"], rows)
+
+def compare_settings_md(res: dict) -> str:
+    "The settings of A and B side by side (each eval's `settings` block when it has one); differences that change an answer are marked."
+    st = res.get("settings") or {}; a, b, differ = st.get("a") or {}, st.get("b") or {}, st.get("differ") or {}
+    if not a and not b: return "_Neither eval recorded its settings._"
+    val = lambda d, k: "—" if d.get(k) is None else d[k] if _scalar(d[k]) else json.dumps(d[k])
+    canon = lambda k: k if k in differ else _canon(k)  # a settings block may name a key differently from the config
+    rows = [[k, val(a, k), val(b, k), "⚠ differs" if canon(k) in differ else ("differs" if k in a and k in b and a[k] != b[k] else "")]
+            for k in dict.fromkeys(list(a) + list(b))]
+    return md_table(["setting", "A", "B", ""], rows)
 
 def compare_by_type_md(res: dict) -> str:
     "Deltas per content type (rows) and metric (columns), each with its CI and n, or why there is no score."
@@ -553,7 +662,7 @@ def plot_deltas(res: dict) -> Png | None:
         ax.set_title(m, fontsize=9); ax.tick_params(axis="x", labelsize=8)
     axs[0].invert_yaxis()  # once: the y axis is shared, so "all" ends up on top
     fig.tight_layout()
-    return Png(fig)
+    return Png(fig, alt="forest plot: delta B−A with its 95% CI, overall and per content type, for " + ", ".join(names))
 
 def flips_html(res: dict, run_a: EvalRun, which="pass_to_fail", k=10) -> str:
     "Up to `k` flipped examples as HTML: page thumbnail, question, expected, both predictions, and the metrics that changed."
@@ -598,11 +707,38 @@ def run_notebook(kind="eval", nb_dir=None) -> Path:
     if not p.is_file(): raise Vlm3Error(f"report notebook {p} not found: reports run the repo's nbs/runs/ notebooks, so install from a clone with `pip install -e .`")
     return p
 
+def _alt_images(nb):
+    "A copy of `nb` whose PNG/JPEG outputs also carry an `<img>` with alt text (the output's text/plain, e.g. a `Png`'s description)."
+    nb = copy.deepcopy(nb)
+    for c in nb.cells:
+        for o in c.get("outputs", []):
+            d = o.get("data") or {}
+            mime = next((m for m in ("image/png", "image/jpeg") if m in d), None)
+            if not mime or "text/html" in d: continue
+            alt = str(d.get("text/plain") or "")
+            if not alt or " object at 0x" in alt: alt = "figure"
+            d["text/html"] = f"<img src='data:{mime};base64,{''.join(str(d[mime]).split())}' alt='{html.escape(alt, quote=True)}'/>"
+    return nb
+
 def to_html(nb) -> str:
-    "Standalone HTML of an executed notebook: code hidden, outputs and images inline."
+    "Standalone HTML of an executed notebook: code hidden, outputs and images inline, every image with alt text."
     from nbconvert import HTMLExporter
     ex = HTMLExporter(template_name="lab", embed_images=True, exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
-    return ex.from_notebook_node(nb)[0]
+    return ex.from_notebook_node(_alt_images(nb))[0]
+
+KERNEL_ARGS = ["--IPKernelApp.log_level=ERROR"]  # the kernel's start-up notices ("running over TCP without encryption") are noise here; its errors still print
+
+def execute_nb(src, # notebook to run
+               dst, # where papermill writes the executed copy
+               params: dict) -> Exception | None: # papermill parameters
+    "Run `src` with papermill (kernel python3, in the current folder, the kernel's own log quiet); the PapermillExecutionError when a cell failed, else None."
+    import papermill as pm
+    from jupyter_client.kernelspec import NoSuchKernel
+    try: pm.execute_notebook(str(src), str(dst), parameters=params, kernel_name="python3", cwd=os.getcwd(), progress_bar=False, log_output=False,
+                             extra_arguments=KERNEL_ARGS)
+    except NoSuchKernel: raise Vlm3Error("no Jupyter kernel named 'python3': run `python -m ipykernel install --prefix .venv --name python3` (make setup does this)")
+    except pm.PapermillExecutionError as e: return e
+    return None
 
 def render_report(eval_dir, # eval folder; for kind='compare' a pair (A, B)
                   out_dir, # where <notebook>.ipynb and <notebook>.html go
@@ -610,8 +746,7 @@ def render_report(eval_dir, # eval folder; for kind='compare' a pair (A, B)
                   kind="eval", # 'eval' or 'compare'
                   **params) -> Path: # more papermill parameters (top_k, images_root, n_boot, seed)
     "Run the report notebook with papermill into `out_dir`, scrub secrets, export standalone HTML; returns the HTML path."
-    import nbformat, papermill as pm
-    from jupyter_client.kernelspec import NoSuchKernel
+    import nbformat
     src = run_notebook(kind); out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
     if kind == "eval":
         run = load_run(eval_dir)  # a bad folder fails here, with its own message, not inside a kernel
@@ -623,9 +758,7 @@ def render_report(eval_dir, # eval folder; for kind='compare' a pair (A, B)
     ipynb, html_p, err = out_dir / src.name, out_dir / (src.stem + ".html"), None
     with tempfile.TemporaryDirectory() as td:
         tmp = Path(td) / src.name
-        try: pm.execute_notebook(str(src), str(tmp), parameters=params, kernel_name="python3", cwd=os.getcwd(), progress_bar=False, log_output=False)
-        except NoSuchKernel: raise Vlm3Error("no Jupyter kernel named 'python3': run `python -m ipykernel install --prefix .venv --name python3` (make setup does this)")
-        except pm.PapermillExecutionError as e: err = e
+        err = execute_nb(src, tmp, params)
         if not tmp.is_file(): raise Vlm3Error(f"papermill wrote no notebook for {src}; see the error above")
         nb = nbformat.reads(scrub_secrets(tmp.read_text(encoding="utf-8")), as_version=4)
     ipynb.write_text(nbformat.writes(nb), encoding="utf-8")
@@ -638,8 +771,12 @@ def report_cmd(eval_dir, # eval folder written by `vlm3 eval --out`
                out=None, # report folder; default reports/<eval folder name>
                top_k=3, # worst examples shown per content type
                images_root=None) -> int: # override the images root recorded in summary.json
-    "`vlm3 report`: render the eval report (ipynb + standalone HTML) of an eval folder."
-    run = load_run(eval_dir)
+    "`vlm3 report`: render the eval report (ipynb + standalone HTML) of an eval folder; missing page images are a `warning:` line naming the fix."
+    run = load_run(eval_dir, str(Path(images_root).resolve()) if images_root else None)
+    note = images_note(run)
+    if images_root and not Path(images_root).is_dir() and not note:
+        note = f"--images-root {images_root} is not a folder; the page images were found in the eval folder {run.path} instead"
+    if note: print(f"warning: {note}", file=sys.stderr)
     out = Path(out) if out else Path("reports") / run.path.resolve().name
     p = render_report(eval_dir, out, top_k=top_k, images_root=str(Path(images_root).resolve()) if images_root else "")
     print(f"report: {p}\nnotebook: {p.with_suffix('.ipynb')}")
@@ -660,7 +797,9 @@ def compare_cmd(a, # eval folder of run A (baseline)
                 n_boot=2000, # bootstrap resamples
                 seed=0) -> int:
     "`vlm3 compare`: pair two eval runs, write DIR/compare.json and (report=True) DIR/compare.ipynb + DIR/compare.html."
-    res = compare(a, b, n_boot=n_boot, seed=seed)
+    with warnings.catch_warnings(record=True) as ws:  # each as one `warning:` line, never Python's warning format with its source line
+        warnings.simplefilter("always"); res = compare(a, b, n_boot=n_boot, seed=seed)
+    for w in ws: print(f"warning: {w.message}", file=sys.stderr)
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     (out / "compare.json").write_text(scrub_secrets(json.dumps(res, indent=2)), encoding="utf-8")
     print(compare_text(res)); print(f"wrote {out / 'compare.json'}")
