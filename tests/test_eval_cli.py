@@ -82,3 +82,52 @@ def test_eval_backend_modal_without_token_fails_fast(tiny, manual, tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
     assert "modal token new" in r.stderr
     assert not (tmp_path / "e" / "results.jsonl").exists()
+
+
+def test_eval_refuses_a_training_run_folder(tiny, manual, tmp_path):
+    "--out pointed at a training run: refused with the fix, the run's config.yaml untouched, nothing written."
+    run = tmp_path / "runs" / "run-1"; (run / "adapter").mkdir(parents=True); (run / "logs").mkdir()
+    (run / "config.yaml").write_text("lora:\n  r: 8\n"); (run / "manifest.json").write_text(json.dumps({"run_id": "run-1"}))
+    (run / "logs" / "train.jsonl").write_text("{}\n")
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    r = _eval(tiny, manual, run)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert f"--out {run} is a training run folder" in r.stderr and f"--out {run / 'eval'}" in r.stderr, r.stderr
+    assert (run / "config.yaml").read_text() == "lora:\n  r: 8\n"
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
+
+
+@pytest.mark.parametrize("n", [-1, 0])
+def test_max_samples_below_one_is_refused(tiny, manual, tmp_path, n):
+    r = _eval(tiny, manual, tmp_path / "o", "--max-samples", n)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert f"--max-samples {n}: must be a whole number, at least 1" in r.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_empty_probe_list_warns(tiny, manual, tmp_path):
+    empty = tmp_path / "probes.json"; empty.write_text('{"probes": []}')
+    out = tmp_path / "o"
+    r = vlm3("eval", "--model", tiny, "--data", manual / "vlm_val.jsonl", "--images-root", manual, "--out", out, "--probes", empty,
+             "--max-samples", 2, "--grounding", 0, "--config", "demo_tiny", *FAST)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"warning: {empty}: the probe list is empty, so no probes are run" in r.stderr
+    s = json.loads((out / "summary.json").read_text())
+    assert s["counts"]["probes"] == 0 and "no probes are run" in s["warnings"][0]
+
+
+def test_eval_without_config_uses_the_adapters_run_config(tmp_path):
+    "No --config on an adapter: the training run's own pixels and generation settings, recorded in summary.json and printed."
+    from conftest import random_adapter_run
+    tiny, man, cfg, adapter = random_adapter_run(tmp_path, 3)
+    out = tmp_path / "eval"
+    r = vlm3("eval", "--model", tiny, "--adapter", adapter, "--data", man / "vlm_val.jsonl", "--images-root", man, "--out", out,
+             "--max-samples", 2, "--grounding", 0)
+    assert r.returncode == 0, r.stderr[-2000:]
+    s = json.loads((out / "summary.json").read_text())
+    st, run_cfg = s["settings"], adapter.parent / "config.yaml"
+    assert st["config_source"] == f"the adapter's training run config {run_cfg}"
+    assert (st["min_pixels"], st["max_pixels"], st["generation"]["max_new_tokens"]) == (cfg.data.min_pixels, 12544, 8)
+    assert st["system_prompt"] == cfg.data.system_prompt and st["chat_template_sha"] and st["mode"] == "single"
+    assert s["config"]["data"]["max_pixels"] == 12544 and s["config"]["data"]["val_file"] == str(man / "vlm_val.jsonl")  # --data still wins
+    assert f"settings from the adapter's training run config {run_cfg}: pixels 3136-12544, max_new_tokens 8" in r.stdout

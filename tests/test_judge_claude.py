@@ -1,7 +1,8 @@
 """The Claude judge path end to end, offline: the real `anthropic` client (via deepeval's AnthropicModel and our
 CachedJudge) talks to a small Messages-API stub on 127.0.0.1. Checks scores come back, a re-run makes 0 calls,
-the ledger counts the stub's `usage` tokens, and the budget stops before overspending. All loopback; no real key."""
-import json, os, threading
+the ledger counts the stub's `usage` tokens, and the budget stops before overspending; a judge that refuses the key
+(401) or a closed port is an error of the eval (one line, exit 2, results kept), not "not run". All loopback; no real key."""
+import json, os, socket, threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 os.environ.setdefault("DEEPEVAL_TELEMETRY_OPT_OUT", "YES")
 from vlm3_nb.core import Vlm3Error
 from vlm3_nb.metrics import BudgetExceeded, JUDGE_KEYS, PLAIN_KEYS, make_judge, score_case
+from conftest import vlm3
 
 MODEL = "claude-sonnet-4-5"
 # anthropic 2.12 warns that this model reaches end-of-life on 2026-11-30; the stub does not care
@@ -34,10 +36,10 @@ def reply_for(body):
 
 
 class Stub(ThreadingHTTPServer):
-    "A minimal Anthropic Messages API: POST /v1/messages -> a well-formed message with usage."
-    def __init__(self):
+    "A minimal Anthropic Messages API: POST /v1/messages -> a well-formed message with usage (or, with status=401, the API's auth error)."
+    def __init__(self, status=200):
         super().__init__(("127.0.0.1", 0), Handler)
-        self.requests, self.lock = [], threading.Lock()
+        self.requests, self.lock, self.status = [], threading.Lock(), status
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -47,6 +49,12 @@ class Handler(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))) or b"{}")
         if self.path.split("?")[0] != "/v1/messages":
             self.send_response(404); self.end_headers(); return
+        if self.server.status != 200:  # what the API answers a wrong key: {"type": "error", "error": {...}}
+            with self.server.lock: self.server.requests.append(dict(model=body.get("model"), status=self.server.status))
+            data = json.dumps({"type": "error", "error": {"type": "authentication_error", "message": "invalid x-api-key"}}).encode()
+            self.send_response(self.server.status)
+            self.send_header("content-type", "application/json"); self.send_header("content-length", str(len(data)))
+            self.end_headers(); self.wfile.write(data); return
         prompt = "".join(c.get("text", "") for m in body.get("messages", []) for c in (m["content"] if isinstance(m["content"], list) else [{"text": m["content"]}]))
         text = json.dumps(reply_for(body))
         usage = {"input_tokens": 100 + len(prompt) // 4, "output_tokens": 20 + len(text) // 4}
@@ -63,16 +71,38 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers(); self.wfile.write(data)
 
 
-@pytest.fixture
-def stub(monkeypatch):
-    srv = Stub()
-    th = threading.Thread(target=srv.serve_forever, daemon=True); th.start()
-    monkeypatch.setenv("ANTHROPIC_BASE_URL", f"http://127.0.0.1:{srv.server_address[1]}")
+def _loopback_env(monkeypatch, url):
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", url)
     monkeypatch.setenv("ANTHROPIC_API_KEY", DUMMY_KEY)
     for v in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"): monkeypatch.delenv(v, raising=False)
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost"); monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+
+
+def _serve(monkeypatch, status=200):
+    srv = Stub(status)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    _loopback_env(monkeypatch, f"http://127.0.0.1:{srv.server_address[1]}")
+    return srv
+
+
+@pytest.fixture
+def stub(monkeypatch):
+    srv = _serve(monkeypatch)
     yield srv
     srv.shutdown(); srv.server_close()
+
+
+@pytest.fixture(params=["401", "closed port"])
+def unreachable(request, monkeypatch):
+    "A judge that cannot be used: a stub refusing the key with 401, or a port nothing listens on. Yields the stub (None for the port)."
+    if request.param == "401":
+        srv = _serve(monkeypatch, 401)
+        yield srv
+        srv.shutdown(); srv.server_close()
+    else:
+        with socket.socket() as s: s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]  # free, then closed: nothing listens
+        _loopback_env(monkeypatch, f"http://127.0.0.1:{port}")
+        yield None
 
 
 def test_claude_judge_end_to_end_cache_and_ledger(stub, tmp_path):
@@ -132,3 +162,41 @@ def test_missing_key_names_the_variable(monkeypatch):
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
     with pytest.raises(Vlm3Error, match="ANTHROPIC_API_KEY"):
         make_judge(f"claude:{MODEL}")
+
+
+def test_unreachable_judge_is_an_error_and_sends_nothing_more(unreachable, tmp_path):
+    "The first failed call marks the judge down: every judge metric of every case is an error naming the cause and the fix."
+    judge = make_judge(f"claude:{MODEL}", run_dir=tmp_path)
+    rs = [score_case(Q, EXP, PRED, judge=judge) for _ in range(2)]
+    for r in rs:
+        assert r["numeric_exact_match"]["score"] == 1.0  # deterministic metrics still scored
+        for k in JUDGE_KEYS:
+            assert r[k]["status"] == "error" and r[k]["score"] is None, (k, r[k])
+            assert f"judge {MODEL} (Anthropic) could not be reached (" in r[k]["reason"] and "ANTHROPIC_API_KEY" in r[k]["reason"], r[k]["reason"]
+            assert "\n" not in r[k]["reason"]
+    if unreachable is not None:
+        assert "401" in rs[0]["answer_relevancy"]["reason"]
+        assert len(unreachable.requests) == 1, unreachable.requests  # one request, then nothing more
+    assert (judge.ledger.calls, judge.ledger.usd) == (0, 0.0) and not (tmp_path / "judge_cache.jsonl").exists()  # nothing paid or cached
+
+
+def test_eval_with_unreachable_judge_exits_nonzero_keeping_results(unreachable, tiny, manual, tmp_path):
+    "`vlm3 eval --judge claude:...` with a refused key or a closed port: one error line, exit 2, results.jsonl and summary.json written."
+    out = tmp_path / "eval"
+    r = vlm3("eval", "--model", tiny, "--data", manual / "vlm_val.jsonl", "--images-root", manual, "--out", out,
+             "--probes", manual / "manual_probes.json", "--max-samples", 2, "--grounding", 0, "--judge", f"claude:{MODEL}",
+             "--config", "demo_tiny", "generation.max_new_tokens=8", "data.max_pixels=12544", timeout=300)
+    assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "Traceback" not in r.stderr, r.stderr[-3000:]
+    err = [l for l in r.stderr.splitlines() if l.startswith("error:")]
+    assert len(err) == 1 and f"error: eval incomplete: judge {MODEL} (Anthropic) could not be reached (" in err[0], r.stderr[-2000:]
+    assert "ANTHROPIC_API_KEY" in err[0] and str(out / "results.jsonl") in err[0]
+    assert "overall: ERROR" in r.stdout and "not run" not in r.stdout.split("| metric |")[1].split("probe_pass_rate")[0]
+    rows = [json.loads(l) for l in (out / "results.jsonl").read_text().splitlines()]
+    s = json.loads((out / "summary.json").read_text())
+    assert len(rows) == s["counts"]["total"] == s["counts"]["generated"] > 0  # predictions kept
+    assert all(x["metrics"]["rouge_l"]["status"] in ("ok", "not applicable") for x in rows)  # deterministic metrics kept
+    assert {x["metrics"][k]["status"] for x in rows for k in JUDGE_KEYS} - {"not applicable"} == {"error"}
+    assert s["status"] == "error" and "could not be reached" in s["errors"][0]
+    assert {s["thresholds"][k]["status"] for k in JUDGE_KEYS} == {"error"}
+    if unreachable is not None: assert len(unreachable.requests) == 1

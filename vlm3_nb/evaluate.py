@@ -9,18 +9,19 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from typing import Any, Optional
-from .core import Vlm3Error, Config, Thresholds, load_config, save_config, to_dict
+from .core import Vlm3Error, Config, Thresholds, load_config, save_config, to_dict, validate_config
 from .data import Record, read_records, check_cot_tags, extract_conclusion, is_structured
-from .infer import predict, load_for_inference
+from .infer import predict, load_for_inference, run_config, answer_settings, adapter_run_dir
 from .metrics import (score_case, make_judge, judge_metrics, BudgetExceeded, JUDGE_KEYS, NumericExactMatch,
                              KeywordPresence, numeric_match, bleu4)
 
 # %% auto #0
-__all__ = ['CATEGORY_TYPES', 'PROBE_KEYS', 'GROUNDING_KEYS', 'ENV', 'Case', 'val_cases', 'read_probes', 'take', 'load_cases',
-           'check_images', 'probe_passed', 'result_row', 'expected_conclusion', 'score_cases', 'metric_means',
-           'probe_summary', 'check_thresholds', 'grounding_subset', 'grounding_check', 'EvalSummary', 'format_summary',
-           'structure_summary', 'generate_on_modal', 'evaluate', 'eval_cmd', 'suite_settings', 'case_metrics',
-           'case_test_case']
+__all__ = ['CATEGORY_TYPES', 'EMPTY_PROBES', 'PROBE_KEYS', 'GROUNDING_KEYS', 'ENV', 'Case', 'val_cases', 'read_probes', 'take',
+           'load_cases', 'check_images', 'check_counts', 'check_eval_out', 'probe_passed', 'result_row',
+           'expected_conclusion', 'score_cases', 'metric_means', 'probe_summary', 'check_thresholds', 'metric_problems',
+           'grounding_subset', 'grounding_check', 'EvalSummary', 'format_settings', 'format_summary',
+           'structure_summary', 'generate_on_modal', 'preprocessing_warning', 'evaluate', 'eval_cmd', 'suite_settings',
+           'case_metrics', 'case_test_case']
 
 # %% ../nbs/08_evaluate.ipynb #d5409db2
 CATEGORY_TYPES = {"specifications": "specification", "procedures": "procedure", "diagrams": "diagram"}  # probe category -> content type
@@ -64,6 +65,8 @@ def val_cases(path, content_types=None) -> list:
     return out
 
 # %% ../nbs/08_evaluate.ipynb #492c85f7
+EMPTY_PROBES = "the probe list is empty, so no probes are run; add probes (id, image, question, expected_answer or expected_keywords) or leave --probes out"
+
 def read_probes(path) -> list:
     "Cases from a manual_probes.json list; a malformed probe raises Vlm3Error naming the file and the probe."
     p = Path(path)
@@ -72,6 +75,7 @@ def read_probes(path) -> list:
     except json.JSONDecodeError as e: raise Vlm3Error(f"{path}:{e.lineno}: not valid JSON ({e.msg}); fix the file") from None
     if isinstance(items, dict) and isinstance(items.get("probes"), list): items = items["probes"]
     if not isinstance(items, list): raise Vlm3Error(f"{path}: expected a JSON list of probes, got {type(items).__name__}")
+    if not items: print(f"warning: {path}: {EMPTY_PROBES}", file=sys.stderr)
     out, seen = [], set()
     for i, d in enumerate(items, 1):
         where = f"{path}: probe #{i}" + (f" ({d.get('id')})" if isinstance(d, dict) and d.get("id") else "")
@@ -93,7 +97,7 @@ def read_probes(path) -> list:
 
 # %% ../nbs/08_evaluate.ipynb #a9eb1fb6
 def take(cases, # Cases of one kind
-         n=None): # how many to keep; None or 0 = all
+         n=None): # how many to keep; None = all (`check_counts` refuses 0 and negatives before this)
     "At most `n` cases, taken round-robin over content types, in their original order."
     if not n or n >= len(cases): return list(cases)
     by = defaultdict(list)
@@ -121,6 +125,41 @@ def check_images(cases, images_root):
         shown = "; ".join(f"{c.image} ({c.kind} {c.id})" for c in miss[:5]) + (f"; ... {len(miss) - 5} more" if len(miss) > 5 else "")
         raise Vlm3Error(f"{len(miss)} of {len(cases)} images not found under --images-root '{root}': {shown}. "
                         f"Pass the folder the image paths are relative to")
+
+# %% ../nbs/08_evaluate.ipynb #bc6ce49f
+def check_counts(max_samples=None, # --max-samples: None = all cases
+                 grounding=20, # --grounding: 0 = off
+                 budget=None): # --budget: None = no cap
+    "Raise a Vlm3Error naming the flag when a count means nothing."
+    try: ok = max_samples is None or (not isinstance(max_samples, bool) and int(max_samples) == max_samples and max_samples >= 1)
+    except (TypeError, ValueError): ok = False
+    if not ok: raise Vlm3Error(f"--max-samples {max_samples}: must be a whole number, at least 1 (it asks at most that many val questions "
+                               f"and that many probes); leave it out to ask all of them")
+    if grounding is None or grounding < 0: raise Vlm3Error(f"--grounding {grounding}: must be 0 (no grounding check) or more (val questions per content type asked again with a blank page)")
+    if budget is not None and not budget >= 0: raise Vlm3Error(f"--budget {budget}: must be 0 or more (USD the judge may spend); leave it out for no cap")
+
+# %% ../nbs/08_evaluate.ipynb #3040c8d1
+def _run_marks(d) -> list:
+    "What makes `d` a training run folder, as train leaves it (empty when it is not one)."
+    d, why = Path(d), []
+    try: m = json.loads((d / "manifest.json").read_text(encoding="utf-8")) if (d / "manifest.json").is_file() else {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError): m = {}
+    if isinstance(m, dict) and m.get("run_id"): why.append("manifest.json with a run_id")
+    why += [f"{n}/" for n in ("adapter", "checkpoints") if (d / n).is_dir()]
+    if (d / "logs" / "train.jsonl").is_file(): why.append("logs/train.jsonl")
+    return why
+
+def check_eval_out(out): # the eval's --out folder
+    "Refuse an --out that is a file, a training run folder or a model/adapter folder; eval writes only its own files."
+    o = Path(out)
+    if o.exists() and not o.is_dir(): raise Vlm3Error(f"--out {o} is a file, not a folder; pass a folder for the eval (it is created if missing)")
+    if not o.is_dir(): return
+    if why := _run_marks(o):
+        raise Vlm3Error(f"--out {o} is a training run folder ({', '.join(why)}); eval would overwrite the run's config.yaml. "
+                        f"Pass --out {o / 'eval'} or another folder (nothing was written)")
+    held = next((f for f in ("adapter_config.json", "config.json") if (o / f).is_file()), None)
+    if held: raise Vlm3Error(f"--out {o} holds a {'LoRA adapter' if held == 'adapter_config.json' else 'model'} ({held}); "
+                             f"eval writes config.yaml and results there. Pass a folder of its own, e.g. --out {o.parent / (o.name + '-eval')} (nothing was written)")
 
 # %% ../nbs/08_evaluate.ipynb #ac0f1490
 PROBE_KEYS = ("numeric_exact_match", "keyword_presence")
@@ -204,13 +243,31 @@ def probe_summary(rows, threshold=None) -> dict:
                 failed=[r["id"] for r in scored if not r["passed"]], unscored_ids=[r["id"] for r in pr if r["passed"] is None],
                 metrics={k: dict(mean=v["mean"], n=v["n"]) for k, v in metric_means(pr).items()})
 
-def check_thresholds(means, probes, th) -> dict:
-    "{name: {threshold, value, passed, status}} for every threshold in cfg.eval.thresholds."
+def check_thresholds(means, probes, th, down=()) -> dict:
+    "{name: {threshold, value, passed, status}} for every threshold in cfg.eval.thresholds; `down`: metrics whose judge could not be reached."
     out = {}
     for k, t in asdict(th).items():
         v = probes.get("pass_rate") if k == "probe_pass_rate" else means.get(k, {}).get("mean")
-        out[k] = dict(threshold=t, value=v, passed=None if v is None else bool(v >= t), status="ok" if v is not None else "not run")
+        err = k in down or (v is None and means.get(k, {}).get("error", 0) > 0)  # nothing measured because it failed: an error, not "not run"
+        out[k] = dict(threshold=t, value=v, passed=None if (v is None or err) else bool(v >= t),
+                      status="error" if err else "ok" if v is not None else "not run")
     return out
+
+def metric_problems(rows, # results rows
+                    judge=None) -> tuple: # the judge (its `down` is set when it could not be reached)
+    "(errors, warnings), one line each. Errors: the judge could not be reached, or a metric failed on every answer it applies to; warnings: a metric that failed on some."
+    down = getattr(judge, "down", None)
+    errs, warns = ([str(down)] if down is not None else []), []
+    n, ok, first = Counter(), Counter(), {}
+    for r in rows:
+        for k, v in r["metrics"].items():
+            if v["status"] == "error": n[k] += 1; first.setdefault(k, v["reason"])
+            elif v["status"] == "ok": ok[k] += 1
+    for k, c in n.items():
+        lost = down is not None and k in JUDGE_KEYS
+        line = f"{k}: {c} of {len(rows)} answers could not be scored ({'the judge could not be reached' if lost else first[k][:200]})"
+        (errs if lost or not ok[k] else warns).append(line)
+    return errs, warns
 
 # %% ../nbs/08_evaluate.ipynb #c83b15d3
 GROUNDING_KEYS = ("numeric_exact_match", "keyword_presence", "rouge_l")
@@ -260,18 +317,29 @@ class EvalSummary(dict):
     def _repr_markdown_(self): return format_summary(self)
 
 def _f(v, nd=3): return "-" if v is None else (f"{v:.{nd}f}" if isinstance(v, float) else str(v))
-def _verdict(t): return {True: "pass", False: "FAIL"}.get(t.get("passed"), t.get("status", "")) if t else ""
+def _verdict(t): return {True: "pass", False: "FAIL"}.get(t.get("passed"), "ERROR" if t.get("status") == "error" else t.get("status", "")) if t else ""
+
+def format_settings(st) -> str:
+    "summary['settings'] as one line: where the config came from and how the answers were generated."
+    if not st: return ""
+    g = st.get("generation") or {}
+    dec = "greedy" if not g.get("do_sample") else f"sampling (temperature {g.get('temperature')}, top_p {g.get('top_p')})"
+    sp = st.get("system_prompt") or ""
+    return (f"settings from {st.get('config_source')}: pixels {st.get('min_pixels')}-{st.get('max_pixels')}, max_new_tokens {g.get('max_new_tokens')}, "
+            f"{dec}, mode {st.get('mode')}, chat template {st.get('chat_template_sha') or 'not found'}, system prompt {sp[:60]!r}{'...' if len(sp) > 60 else ''}")
 
 def format_summary(s) -> str:
     "The summary as markdown tables (readable as plain text too)."
     c = s["counts"]
     head = (f"model {s['model']}" + (f" + adapter {s['adapter']}" if s.get("adapter") else "") + f" (fingerprint {s['fingerprint']}), judge {s['judge']}\n"
             f"{c['val']} val + {c['probes']} probes: {c['generated']} generated, {c['cached']} cached; cost ${s['cost'].get('usd', 0):.4f}")
+    if s.get("settings"): head += "\n" + format_settings(s["settings"])
     lines = ["| metric | mean | n | threshold | verdict |", "|---|---|---|---|---|"]
     th = s["thresholds"]
     for k, v in s["metrics"].items():
         t = th.get(k)
-        lines.append(f"| {k} | {_f(v['mean'])} | {v['n']} | {_f(t['threshold'], 2) if t else ''} | {_verdict(t)} |")
+        n = f"{v['n']}" + (f" ({v['error']} errors)" if v.get("error") else "")
+        lines.append(f"| {k} | {_f(v['mean'])} | {n} | {_f(t['threshold'], 2) if t else ''} | {_verdict(t)} |")
     p = s["probes"]; t = th["probe_pass_rate"]
     lines.append(f"| probe_pass_rate | {_f(p['pass_rate'])} | {p['scored']} | {_f(t['threshold'], 2)} | {_verdict(t)} |")
     ct = ["", "| content type | n | " + " | ".join(k for k in ("numeric_exact_match", "keyword_presence", "rouge_l")) + " |", "|---|---|---|---|---|"]
@@ -287,7 +355,10 @@ def format_summary(s) -> str:
         sr = ["", f"inference mode {s.get('mode', 'single')}; {st.get('structured', 0)} of {st.get('n', 0)} answers structured, "
                   f"tag compliance {_f(st.get('tag_compliance'))}; metrics scored on the <CONCLUSION> (found: {st.get('conclusion_from', {})})"]
     verdict = {True: "PASS", False: "FAIL", None: "no threshold could be checked"}[s["passed"]]
-    return "\n".join([head, "", *lines, *ct, *gr, *sr, "", f"overall: {verdict}"])
+    errs, warns = s.get("errors") or [], s.get("warnings") or []
+    if errs: verdict = f"ERROR (the eval is incomplete: {len(errs)} error{'s' if len(errs) > 1 else ''} above)"
+    notes = ([""] + [f"error: {e}" for e in errs] + [f"warning: {w}" for w in warns]) if errs or warns else []
+    return "\n".join([head, "", *lines, *ct, *gr, *sr, *notes, "", f"overall: {verdict}"])
 
 def structure_summary(rows) -> dict:
     "How many answers carry LLaVA-CoT tags, how many follow them exactly (all four, once, in order, non-empty), and where the scored conclusions came from."
@@ -309,51 +380,63 @@ def generate_on_modal(cases, model, adapter, cfg, out, fingerprint, grounding=20
         predict_on_modal(sub, model, adapter, cfg, out_dir=out, fingerprint=fingerprint, variant="blank")
 
 # %% ../nbs/08_evaluate.ipynb #fa618d80
-def _warn_preprocessing(adapter, cfg):
-    "Warn when the adapter's training run used other prompt or pixel settings than this eval."
-    p = Path(adapter).parent / "config.yaml" if adapter else None
-    if not p or not p.is_file(): return []
+def preprocessing_warning(adapter, cfg) -> Optional[str]:
+    "A warning when the adapter's training run used other prompt or pixel settings than `cfg` (an explicit --config); None when they agree."
+    p = adapter_run_dir(adapter) / "config.yaml" if adapter else None
+    if not p or not p.is_file(): return None
     try: run = load_config(p)
-    except Vlm3Error: return []
-    keys = ("system_prompt", "min_pixels", "max_pixels")
-    diff = [k for k in keys if getattr(run.data, k) != getattr(cfg.data, k)]
-    if diff: print(f"warning: {p} trained with other data.{', data.'.join(diff)} than this eval uses; "
-                   f"pass --config {p} to evaluate with the training preprocessing", file=sys.stderr)
-    return diff
+    except Vlm3Error: return None
+    diff = [k for k in ("system_prompt", "min_pixels", "max_pixels") if getattr(run.data, k) != getattr(cfg.data, k)]
+    if diff: return (f"{p} trained with other data.{', data.'.join(diff)} than this eval uses; "
+                     f"leave --config out (or pass --config {p}) to evaluate with the training preprocessing")
+    return None
 
 def _judge(judge, out, budget):
     if judge is None or isinstance(judge, str): return make_judge(judge or "none", run_dir=out, budget=budget)
     return judge  # an already built judge model (tests, custom judges)
 
+def _warn(warnings, msg):
+    "Say it now, on stderr, and keep it for summary.json."
+    print(f"warning: {msg}", file=sys.stderr); warnings.append(msg)
+
 def evaluate(model, # base or merged model folder (or hub id); the baseline is the base model with adapter=None
              data, # val JSONL (pipeline format)
              images_root, # folder the image paths are relative to
-             out, # run folder: predictions.jsonl (cache), results.jsonl, summary.json, config.yaml
+             out, # eval folder: predictions.jsonl (cache), results.jsonl, summary.json, config.yaml; never a training run folder
              adapter=None, # LoRA adapter folder
              probes=None, # manual_probes.json; None = cfg.data.probes_file (empty = no probes)
              judge="none", # 'none' | 'claude:<model>' | 'local:<path>' (or a judge model object)
-             max_samples=None, # at most this many val cases and this many probes
+             max_samples=None, # at most this many val cases and this many probes (at least 1); None = all
              budget=None, # USD cap on judge spend
-             cfg=None, # Config; None = the seed defaults
+             cfg=None, # a Config, YAML path or shipped config name; None = the adapter's training run config, else the seed defaults (`infer.run_config`)
              grounding=20, # val questions per content type for the grounding check; 0 = off
              device=None, # 'cuda' | 'cpu'; None = CUDA when available
              progress=True,
              mode=None, # 'single' | 'scratchpad' | 'stage-beam'; None = cfg.generation.mode if the config has it, else 'single'
-             backend="local") -> EvalSummary: # 'local' | 'modal': where the predictions are generated (Modal GPUs, sharded with .map)
+             backend="local", # 'local' | 'modal': where the predictions are generated (Modal GPUs, sharded with .map)
+             overrides=None) -> EvalSummary: # dotted `key=value` strings applied on top of the config
     "Answer, score and summarize; writes results.jsonl, summary.json and config.yaml into `out`; returns the summary."
     from vlm3_nb.models import model_fingerprint
     t0 = time.perf_counter()
-    cfg = copy.deepcopy(cfg) if cfg is not None else Config()
+    check_counts(max_samples, grounding, budget)
+    if backend not in ("local", "modal"): raise Vlm3Error(f"--backend {backend!r}: use 'local' or 'modal'")
+    check_eval_out(out)
+    cfg, src = run_config(model, adapter, cfg, overrides)
     mode = mode or getattr(cfg.generation, "mode", None) or "single"
     if hasattr(cfg.generation, "mode"): cfg.generation.mode = mode  # the saved config.yaml records the mode
-    if probes is None: probes = cfg.data.probes_file or None
+    if probes is None and (probes := cfg.data.probes_file or None) and not Path(probes).is_file():
+        raise Vlm3Error(f"config key 'data.probes_file' ({src}): '{probes}' not found; pass --probes FILE, or --probes '' for no probes")
     cfg.base_model, cfg.data.val_file, cfg.data.images_root, cfg.data.probes_file = str(model), str(data), str(images_root), str(probes or "")
+    validate_config(cfg, where=f"{src}: ")
     cases = load_cases(data, probes, max_samples, cfg.data.content_types)
     check_images(cases, images_root)
     out = Path(out)
     jm = _judge(judge, out, budget)
+    warnings = []
+    if probes and not any(c.kind == "probe" for c in cases): warnings.append(f"{probes}: {EMPTY_PROBES}")  # read_probes said it already
+    if src.kind == "seed" and adapter: _warn(warnings, f"using {src}; the adapter may have been trained with other pixel and generation settings: pass --config with its training config")
+    if src.kind not in ("run", "seed") and (w := preprocessing_warning(adapter, cfg)): _warn(warnings, w)
     out.mkdir(parents=True, exist_ok=True)
-    _warn_preprocessing(adapter, cfg)
     fp = model_fingerprint(model, adapter)
     save_config(cfg, out / "config.yaml")
     held = {}
@@ -361,7 +444,6 @@ def evaluate(model, # base or merged model folder (or hub id); the baseline is t
         if "m" not in held: held["m"] = load_for_inference(model, adapter, cfg, device)[:2]
         return held["m"]
     if backend == "modal": generate_on_modal(cases, model, adapter, cfg, out, fp, grounding, mode)
-    elif backend != "local": raise Vlm3Error(f"backend {backend!r}: use 'local' or 'modal'")
     preds = predict([c.record for c in cases], loader, None, cfg, out, fp, progress=progress, mode=mode)
     rows = score_cases(cases, preds, jm, cfg.eval.thresholds, progress)
     g = grounding_check(cases, loader, None, cfg, out, fp, int(grounding), progress, mode) if grounding else None
@@ -369,19 +451,23 @@ def evaluate(model, # base or merged model folder (or hub id); the baseline is t
         if g and r["kind"] == "val" and r["id"] in g["rows"]: r["grounding"] = g["rows"][r["id"]]
     with open(out / "results.jsonl", "w", encoding="utf-8") as f:
         for r in rows: f.write(json.dumps(r, ensure_ascii=False, default=str) + "\n")
+    errors, failed = metric_problems(rows, jm)
+    warnings += failed
     val = [r for r in rows if r["kind"] == "val"]
     means = metric_means(val)
     pr = probe_summary(rows, cfg.eval.thresholds.probe_pass_rate)
-    th = check_thresholds(means, pr, cfg.eval.thresholds)
+    th = check_thresholds(means, pr, cfg.eval.thresholds, down=set(JUDGE_KEYS) if getattr(jm, "down", None) is not None else ())
     checked = [v["passed"] for v in th.values() if v["passed"] is not None]
     ref = [r.get("expected_conclusion", r["expected"]) for r in val if r["expected"]]
     trace = [r for r in val if "metrics_trace" in r]
     s = EvalSummary(
         model=str(model), adapter=(str(adapter) if adapter else None), fingerprint=fp, data=str(data), images_root=str(images_root),
         probes_file=(str(probes) if probes else None), judge=(judge if isinstance(judge, str) or judge is None else jm.get_model_name()) or "none",
+        status=("error" if errors else "ok"), errors=errors, warnings=warnings,
         counts=dict(val=len(val), probes=len(rows) - len(val), total=len(rows), generated=preds.generated, cached=preds.cached,
                     max_samples=max_samples),
-        mode=mode, backend=backend, metrics=means, bleu4_corpus=(round(bleu4(ref, [r["conclusion"] for r in val if r["expected"]]), 2) if ref else None),
+        mode=mode, backend=backend, settings=answer_settings(cfg, model, mode, src),
+        metrics=means, bleu4_corpus=(round(bleu4(ref, [r["conclusion"] for r in val if r["expected"]]), 2) if ref else None),
         structure=structure_summary(val), metrics_trace=(metric_means([dict(r, metrics=r["metrics_trace"]) for r in trace]) if trace else None),
         by_content_type=_by(val, "content_type"), probes=pr, thresholds=th, passed=(all(checked) if checked else None),
         grounding=({k: v for k, v in g.items() if k != "rows"} if g else dict(n=0, per_type=0)),
@@ -393,18 +479,20 @@ def evaluate(model, # base or merged model folder (or hub id); the baseline is t
 
 # %% ../nbs/08_evaluate.ipynb #74871429
 def eval_cmd(model, data, images_root, out, adapter=None, probes=None, judge="none", max_samples=None, budget=None,
-             config=None, # YAML path or shipped config name; None = the seed defaults
+             config=None, # YAML path or shipped config name; None = the adapter's training run config, else the seed defaults
              overrides=None, # ['generation.max_new_tokens=64', ...]
              grounding=20, strict=False, device=None,
              mode=None, # 'single' | 'scratchpad' | 'stage-beam'; None = the config's generation.mode, else single
              backend="local") -> int: # 'local' | 'modal'
-    "CLI body of `vlm3 eval`: evaluate, print the summary, return the exit status."
-    cfg = load_config(config, overrides)
+    "CLI body of `vlm3 eval`: evaluate, print the summary, return the exit status (an incomplete eval raises after writing its files)."
     s = evaluate(model, data, images_root, out, adapter=adapter, probes=probes, judge=judge, max_samples=max_samples,
-                 budget=budget, cfg=cfg, grounding=grounding, device=device, mode=mode, backend=backend)
+                 budget=budget, cfg=config, overrides=overrides, grounding=grounding, device=device, mode=mode, backend=backend)
     print(format_summary(s))
     o = Path(out)
     print(f"\nwrote {o/'results.jsonl'}, {o/'summary.json'}, {o/'config.yaml'} (prediction cache: {o/'predictions.jsonl'})")
+    if s["errors"]:
+        more = f" (+{len(s['errors']) - 1} more in {o/'summary.json'})" if len(s["errors"]) > 1 else ""
+        raise Vlm3Error(f"eval incomplete: {s['errors'][0]}{more}; the predictions and deterministic metrics are kept in {o/'results.jsonl'}")
     return 1 if strict and s["passed"] is False else 0
 
 # %% ../nbs/08_evaluate.ipynb #2d996510
@@ -419,6 +507,7 @@ def suite_settings(model=None, adapter=None, data=None, images_root=None, probes
                  max_samples=max_samples, out=out, config=config, budget=budget)
     s = {k: (v if v not in (None, "") else os.environ.get(ENV[k]) or None) for k, v in given.items()}
     s["out"] = Path(s["out"] or "runs/eval")
+    check_eval_out(s["out"])  # its predictions never go into a training run folder either
     prev = s["out"] / "summary.json"
     if prev.is_file():
         p = json.loads(prev.read_text(encoding="utf-8"))
@@ -427,12 +516,15 @@ def suite_settings(model=None, adapter=None, data=None, images_root=None, probes
     if s["config"] is None and (s["out"] / "config.yaml").is_file(): s["config"] = str(s["out"] / "config.yaml")
     if not s["model"] or not s["data"]:
         raise Vlm3Error(f"the DeepEval suite needs --model and --data (or VLM3_MODEL / VLM3_DATA, or a previous `vlm3 eval --out {s['out']}`)")
-    s["cfg"] = load_config(s["config"])
+    s["cfg"], s["config_source"] = run_config(s["model"], s["adapter"], s["config"])  # as `vlm3 eval` resolves it
     s["images_root"] = s["images_root"] or s["cfg"].data.images_root
     if s["probes"] is None: s["probes"] = s["cfg"].data.probes_file or None
     s["judge"] = s["judge"] or "none"
-    s["max_samples"] = int(s["max_samples"]) if s["max_samples"] else None
-    s["budget"] = float(s["budget"]) if s["budget"] else None
+    n, b = s["max_samples"], s["budget"]
+    s["max_samples"] = int(n) if isinstance(n, str) and n.strip().lstrip("-").isdigit() else n
+    try: s["budget"] = float(b) if b is not None else None
+    except ValueError: raise Vlm3Error(f"--budget {b!r}: not a number; pass the USD the judge may spend, or leave it out") from None
+    check_counts(s["max_samples"], budget=s["budget"])
     return s
 
 def case_metrics(case, # a Case

@@ -10,14 +10,17 @@ from pathlib import Path
 import torch
 from PIL import Image
 from tqdm.auto import tqdm
-from .core import Vlm3Error, Config, file_sha256, text_sha256
+import yaml
+from .core import (Vlm3Error, Config, file_sha256, text_sha256, load_config, config_path, parse_overrides, set_key,
+                          validate_config, to_dict)
 from .data import Record, COT_TAGS
 from .collate import Collator, as_messages
 
 # %% auto #0
-__all__ = ['VARIANTS', 'MODES', 'NOTES_PROMPT', 'ANSWER_PROMPT', 'BEAM', 'load_for_inference', 'gen_kwargs', 'page_items',
-           'generate_batch', 'scratchpad_record', 'settings_hash', 'input_hash', 'PredictionCache', 'Predictions',
-           'predict', 'bench_generate']
+__all__ = ['VARIANTS', 'MODES', 'NOTES_PROMPT', 'ANSWER_PROMPT', 'BEAM', 'load_for_inference', 'ConfigSource', 'adapter_run_dir',
+           'run_config', 'gen_kwargs', 'page_items', 'generate_batch', 'scratchpad_record', 'settings_hash',
+           'input_hash', 'chat_template_sha', 'answer_settings', 'PredictionCache', 'Predictions', 'predict',
+           'bench_generate']
 
 # %% ../nbs/06_infer.ipynb #f83ceccc
 def load_for_inference(model_path, # base or merged model: local folder or hub id
@@ -36,6 +39,44 @@ def load_for_inference(model_path, # base or merged model: local folder or hub i
         if merge: model = merge_adapter(model)
     model.eval()
     return model, proc, fp
+
+# %% ../nbs/06_infer.ipynb #b0f5cdb8
+class ConfigSource(str):
+    "Where a config came from, as one readable phrase; `.kind` is 'given' | 'file' | 'run' | 'model' | 'seed', `.path` the YAML read (or None)."
+    def __new__(cls, text, kind, path=None):
+        s = super().__new__(cls, text); s.kind, s.path = kind, (str(path) if path else None)
+        return s
+
+_SECTIONS = {k for k, v in to_dict(Config()).items() if isinstance(v, dict)}  # lora, training, data, generation, ...
+
+def adapter_run_dir(adapter) -> Path:
+    "The training run folder of an adapter: `runs/<id>` for `runs/<id>/adapter` and for `runs/<id>/checkpoints/checkpoint-N`."
+    p = Path(adapter).expanduser().parent
+    return p.parent if p.name == "checkpoints" else p
+
+def _vlm3_yaml(p) -> bool:
+    "Is `p` a config.yaml vlm3 wrote (a mapping with Config sections), not another tool's file of that name?"
+    try: d = yaml.safe_load(Path(p).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError): return False
+    return isinstance(d, dict) and bool(set(d) & _SECTIONS)
+
+def run_config(model, # base or merged model folder (or hub id)
+               adapter=None, # LoRA adapter folder; its training run's config is adapter/../config.yaml
+               config=None, # a Config, a YAML path or a shipped config name; wins over any run config
+               overrides=None) -> tuple: # dotted `key=value` strings (or a dict), applied on top
+    "`(Config, ConfigSource)`: `config`, else the adapter's run config, else a vlm3 config.yaml in the model folder, else the seed defaults; overrides on top; every value checked."
+    if isinstance(config, Config): cfg, src = copy.deepcopy(config), ConfigSource("the config given", "given")
+    elif config not in (None, ""): cfg, src = load_config(config, check=False), ConfigSource(f"config {config}", "file", config_path(config))
+    elif adapter and (p := adapter_run_dir(adapter) / "config.yaml").is_file() and _vlm3_yaml(p):
+        cfg, src = load_config(p, check=False), ConfigSource(f"the adapter's training run config {p}", "run", p)
+    elif (p := Path(str(model)).expanduser() / "config.yaml").is_file() and _vlm3_yaml(p):
+        cfg, src = load_config(p, check=False), ConfigSource(f"the model folder's run config {p}", "model", p)
+    else: cfg, src = Config(), ConfigSource("the seed defaults" + (f" (no vlm3 config.yaml in the adapter's run folder {adapter_run_dir(adapter)})" if adapter else ""), "seed")
+    ov = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
+    for k, v in ov.items(): set_key(cfg, k, v, where="override: ")
+    if ov: src = ConfigSource(f"{src} + override{'s' if len(ov) > 1 else ''} {', '.join(ov)}", src.kind, src.path)
+    validate_config(cfg, where=(f"{src.path}" + (" + overrides" if ov else "") + ": ") if src.path else ("overrides: " if ov else ""))
+    return cfg, src
 
 # %% ../nbs/06_infer.ipynb #2c6a6093
 def gen_kwargs(cfg, # Config: generation.*
@@ -228,6 +269,42 @@ def input_hash(rec, # a Record
     while turns and turns[-1]["role"] == "assistant": turns.pop()
     img = Path(cfg.data.images_root or ".") / rec.image
     return text_sha256(json.dumps([rec.image, _img_sha(img), turns], ensure_ascii=False))[:12]
+
+# %% ../nbs/06_infer.ipynb #79157389
+_TEMPLATE_FILES = (("processor_config.json", "chat_template"), ("chat_template.json", "chat_template"), ("chat_template.jinja", None),
+                   ("tokenizer_config.json", "chat_template"))
+
+def _local_dir(model):
+    "The model's local folder: the path itself, else its snapshot in the local Hugging Face cache, else None (never downloads)."
+    p = Path(str(model)).expanduser()
+    if p.is_dir(): return p
+    try:
+        from huggingface_hub import snapshot_download
+        return Path(snapshot_download(str(model), local_files_only=True))
+    except Exception: return None
+
+def chat_template_sha(model): # model folder (or a hub id in the local cache)
+    "A short hash of the chat template the model's processor loads; None when none is found."
+    d = _local_dir(model)
+    for name, key in _TEMPLATE_FILES if d is not None else ():
+        f = d / name
+        if not f.is_file(): continue
+        try: t = f.read_text(encoding="utf-8") if key is None else json.loads(f.read_text(encoding="utf-8")).get(key)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError): t = None
+        if t: return text_sha256(t if isinstance(t, str) else json.dumps(t, sort_keys=True))[:12]
+    return None
+
+def answer_settings(cfg, # the resolved Config
+                    model, # model folder or hub id (for the chat template)
+                    mode="single", # inference mode
+                    source=None) -> dict: # where cfg came from (`run_config`'s second value)
+    "How answers are produced, for summary.json: config source, pixels, system prompt, chat template hash, generation settings, mode."
+    g = cfg.generation
+    return dict(config_source=(str(source) if source is not None else None), min_pixels=cfg.data.min_pixels, max_pixels=cfg.data.max_pixels,
+                system_prompt=cfg.data.system_prompt, chat_template_sha=chat_template_sha(model), mode=mode,
+                generation=dict(max_new_tokens=g.max_new_tokens, do_sample=g.do_sample, temperature=g.temperature, top_p=g.top_p,
+                                repetition_penalty=g.repetition_penalty, batch_size=g.batch_size),
+                settings_hash=settings_hash(cfg, "page", mode))
 
 # %% ../nbs/06_infer.ipynb #905f2a3a
 class PredictionCache:

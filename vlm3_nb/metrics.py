@@ -26,8 +26,8 @@ __all__ = ['FTLB', 'INLB', 'KGFM', 'CANON', 'UNITS', 'NUMBER_WORDS', 'TORQUE_TOL
            'COCO_METRICS', 'SPICE_NOTE', 'BLEU_NOTE', 'parse_number', 'match_unit', 'Quantity', 'extract_quantities',
            'same_quantity', 'split_stages', 'numeric_report', 'numeric_match', 'NumericExactMatch', 'stem',
            'keyword_report', 'keyword_presence', 'KeywordPresence', 'bleu4', 'sentence_bleu4', 'rouge_l', 'Bleu4',
-           'RougeL', 'price_for', 'BudgetExceeded', 'Ledger', 'JudgeCache', 'parse_json_reply', 'CachedJudge',
-           'LocalJudge', 'make_judge', 'judge_metrics', 'score_case', 'caption_scores']
+           'RougeL', 'price_for', 'BudgetExceeded', 'Ledger', 'JudgeCache', 'parse_json_reply', 'JudgeUnavailable',
+           'judge_down', 'CachedJudge', 'LocalJudge', 'make_judge', 'judge_metrics', 'score_case', 'caption_scores']
 
 # %% ../nbs/07_metrics.ipynb #6918728b
 def parse_number(s: str) -> float:
@@ -487,14 +487,38 @@ def parse_json_reply(text: str, schema, who: str = "judge"):
         raise Vlm3Error(f"{who}: reply is not JSON for schema {schema.__name__} ({type(e).__name__}); "
                         f"got {(text or '')[:200]!r}; use a stronger instruction-tuned judge or judge=claude:<model>") from None
 
+class JudgeUnavailable(Vlm3Error):
+    "The judge cannot be reached or refuses the key; nothing more is sent to it. The message names the judge, the cause and the fix."
+
+_DOWN_STATUS = (401, 403, 404, 408, 429)  # key, permission, model name, timeout, rate limit (after the client's retries)
+
+def judge_down(e) -> Optional[str]:
+    "Why the judge call that raised `e` means the judge is unreachable for every case (one short phrase), or None for a one-case failure."
+    while getattr(e, "last_attempt", None) is not None and e.last_attempt.exception() is not None: e = e.last_attempt.exception()  # tenacity RetryError
+    code, name = getattr(e, "status_code", None), type(e).__name__
+    if not (isinstance(e, (ConnectionError, TimeoutError)) or "Connection" in name or "Timeout" in name
+            or (isinstance(code, int) and (code in _DOWN_STATUS or code >= 500))): return None
+    msg = (str(e).strip().splitlines() or [""])[0][:200]
+    return name + (f" {code}" if isinstance(code, int) and str(code) not in msg else "") + (f": {msg}" if msg else "")
+
 class CachedJudge(DeepEvalBaseLLM):
-    "A deepeval judge model wrapped with a content-hash cache, a token/USD ledger and a budget check."
-    def __init__(self, inner: DeepEvalBaseLLM, cache: Optional[JudgeCache] = None, ledger: Optional[Ledger] = None):
-        self.inner, self.cache = inner, (cache if cache is not None else JudgeCache())
+    "A deepeval judge model wrapped with a content-hash cache, a token/USD ledger, a budget check and a stop at the first sign it is unreachable."
+    def __init__(self, inner: DeepEvalBaseLLM, cache: Optional[JudgeCache] = None, ledger: Optional[Ledger] = None,
+                 fix: str = "check the judge's key and network"): # what to tell the user when it cannot be reached
+        self.inner, self.cache, self.fix, self.down = inner, (cache if cache is not None else JudgeCache()), fix, None
         self.ledger = ledger if ledger is not None else Ledger(inner.get_model_name())
         super().__init__(inner.get_model_name())
     def load_model(self): return self.inner
     def get_model_name(self): return self.inner.get_model_name()
+
+    def _call(self, prompt, schema):
+        if self.down is not None: raise JudgeUnavailable(str(self.down))  # known unreachable: send nothing
+        try: return self.inner.generate(prompt, schema=schema) if schema is not None else self.inner.generate(prompt)
+        except Exception as e:
+            why = judge_down(e)
+            if why is None: raise
+            self.down = JudgeUnavailable(f"judge {self.get_model_name()} could not be reached ({why}); {self.fix}, then re-run")
+            raise JudgeUnavailable(str(self.down)) from None
 
     def generate(self, prompt, schema=None, **kwargs):
         sname = schema.__name__ if schema is not None else "text"
@@ -504,7 +528,7 @@ class CachedJudge(DeepEvalBaseLLM):
             self.ledger.cache_hits += 1
             return schema.model_validate(hit) if (schema is not None and isinstance(hit, dict)) else hit
         self.ledger.check(str(prompt))
-        out = self.inner.generate(prompt, schema=schema) if schema is not None else self.inner.generate(prompt)
+        out = self._call(prompt, schema)
         res, cost = out if isinstance(out, tuple) and len(out) == 2 else (out, None)
         n_in, n_out = getattr(cost, "input_tokens", None), getattr(cost, "output_tokens", None)
         if n_in is None and getattr(self.inner, "last_usage", None): n_in, n_out = self.inner.last_usage
@@ -570,7 +594,9 @@ def make_judge(spec: str, run_dir=None, budget: Optional[float] = None) -> Optio
     elif kind == "local" and arg: inner, pin, pout = LocalJudge(arg), 0.0, 0.0
     else: raise Vlm3Error(f"judge '{spec}' is not understood; use none, claude:<model> (e.g. claude:claude-sonnet-4-5) or local:<path>")
     cache = JudgeCache(Path(run_dir) / "judge_cache.jsonl" if run_dir else None)
-    return CachedJudge(inner, cache, Ledger(inner.get_model_name(), pin, pout, budget))
+    fix = ("check ANTHROPIC_API_KEY, the model name and the network (and ANTHROPIC_BASE_URL if set)" if kind == "claude"
+           else f"check that {arg} loads and runs")
+    return CachedJudge(inner, cache, Ledger(inner.get_model_name(), pin, pout, budget), fix)
 
 # %% ../nbs/07_metrics.ipynb #f4929ea3
 GEVAL_CRITERIA = "Is the answer factually correct for the service manual information?"
@@ -601,7 +627,7 @@ def _res(score=None, status="ok", reason="", passed=None): return dict(score=sco
 def _run(m, tc) -> dict:
     try: m.measure(tc, _show_indicator=False)
     except BudgetExceeded: raise
-    except Exception as e: return _res(None, "error", f"{type(e).__name__}: {e}")
+    except Exception as e: return _res(None, "error", str(e) if isinstance(e, Vlm3Error) else f"{type(e).__name__}: {e}")  # ours: already one clear line
     if m.score is None: return _res(None, "not applicable", m.reason or "")
     return _res(float(m.score), "ok", m.reason or "", m.is_successful())
 

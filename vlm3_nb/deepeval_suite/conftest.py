@@ -5,7 +5,8 @@
 
 An option not given falls back to its VLM3_* environment variable (VLM3_MODEL, VLM3_ADAPTER, VLM3_DATA, VLM3_IMAGES_ROOT,
 VLM3_PROBES, VLM3_JUDGE, VLM3_MAX_SAMPLES, VLM3_EVAL_OUT, VLM3_CONFIG, VLM3_BUDGET), then to a previous `vlm3 eval --out DIR`
-(its summary.json and config.yaml). Predictions go through the prediction cache in --out, so running this after
+(its summary.json and config.yaml); without a config, an adapter's training run config.yaml is used, as `vlm3 eval` does.
+--max-samples must be at least 1. Predictions go through the prediction cache in --out, so running this after
 `vlm3 eval` with the same --out generates nothing.
 """
 import copy, os
@@ -22,7 +23,7 @@ _OPTS = [  # (option, settings key, type, help)
     ("--judge", "judge", str, "none | claude:<model> | local:<path> (default none)"),
     ("--max-samples", "max_samples", int, "at most N val cases and N probes, taken after -k, round-robin over content types"),
     ("--out", "out", str, "prediction cache folder, the same as `vlm3 eval --out` (default runs/eval)"),
-    ("--config", "config", str, "config YAML or shipped name (default: DIR/config.yaml from `vlm3 eval`, else the seed defaults)"),
+    ("--config", "config", str, "config YAML or shipped name (default: DIR/config.yaml from `vlm3 eval`, else the adapter's training run config, else the seed defaults)"),
     ("--budget", "budget", float, "USD cap on judge spend"),
 ]
 
