@@ -18,11 +18,15 @@ def _synth(a):
 
 def _validate(a):
     from vlm3_nb.data import validate_cmd
-    return validate_cmd(a.file, images_root=a.images_root, fmt=a.format, quarantine=a.quarantine, content_types=a.content_types)
+    from vlm3_nb.models import get_family
+    return validate_cmd(a.file, images_root=a.images_root, fmt=a.format, quarantine=a.quarantine, content_types=a.content_types,
+                        image_limits=get_family(a.family).image_limits)
 
 def _prepare(a):
     from vlm3_nb.data import prepare_cmd
-    return prepare_cmd(a.train, a.val, a.images_root, a.out, push_to_hub=a.push_to_hub, content_types=a.content_types)
+    from vlm3_nb.models import get_family
+    return prepare_cmd(a.train, a.val, a.images_root, a.out, push_to_hub=a.push_to_hub, content_types=a.content_types,
+                       image_limits=get_family(a.family).image_limits)
 
 def _build_tiny(a):
     from vlm3_nb.models import build_tiny_cmd
@@ -186,12 +190,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--format", default="auto", choices=["auto", "pipeline", "llava", "llava-cot"])
     s.add_argument("--quarantine", default=None, help="write valid.jsonl and rejected.jsonl here")
     s.add_argument("--content-types", default=None, metavar="A,B,...", help="allowed metadata.content_type values (default: any non-empty string)")
+    s.add_argument("--family", default="qwen2_vl", help="model family whose image limits apply (qwen2_vl, cobra)")
     s.set_defaults(fn=_validate)
     s = sub.add_parser("prepare", help="build a Hugging Face DatasetDict (train/val) and save_to_disk")
     s.add_argument("--train", required=True); s.add_argument("--val", required=True)
     s.add_argument("--images-root", required=True); s.add_argument("--out", required=True)
     s.add_argument("--push-to-hub", default=None, metavar="REPO", help="also push a private dataset (needs HF_TOKEN and network)")
     s.add_argument("--content-types", default=None, metavar="A,B,...", help="allowed metadata.content_type values (default: any)")
+    s.add_argument("--family", default="qwen2_vl", help="model family whose image limits apply (qwen2_vl, cobra)")
     s.set_defaults(fn=_prepare)
     s = sub.add_parser("build-tiny", help="build the embedded tiny Qwen2-VL (offline tokenizer, random weights)")
     s.add_argument("--out", required=True); s.add_argument("--size", default="tiny", choices=["tiny", "small"])

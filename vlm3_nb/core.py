@@ -48,6 +48,13 @@ class TrainingCfg:
     packing: str = "none"  # none | page (one page prefix shared by all its questions)
     max_samples: int = 0  # 0 = all training records
     dtype: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    stage: str = "finetune"  # align (projector only) | finetune (projector + LM; with lora: adapters only) | full-finetune (everything)
+    strategy: str = "auto"  # auto (one device, or DDP under torchrun) | ddp | fsdp-full-shard | fsdp-shard-grad-op
+    global_batch_size: int = 0  # samples per optimizer step over all processes; 0 = batch_size x gradient_accumulation_steps
+    weight_decay: float = 0.0  # AdamW decay (never on biases and norms)
+    lr_vision: float = 0.0  # the vision tower's learning rate; 0 = learning_rate
+    lr_projector: float = 0.0  # the projector's learning rate; 0 = learning_rate
+    pretrained_checkpoint: str = ""  # what an earlier stage trained (a run folder, its model/, or a checkpoint), loaded strictly first
 
 @dataclass
 class QuantizationCfg:
@@ -116,7 +123,7 @@ class CostCfg:
 @dataclass
 class Config:
     base_model: str = "Qwen/Qwen2-VL-7B-Instruct"  # hub id or local folder
-    method: str = "lora"  # lora | qlora (qlora = lora on a 4-bit base)
+    method: str = "lora"  # lora | qlora (qlora = lora on a 4-bit base) | full (the stage's modules train their own weights)
     family: str = "qwen2_vl"  # model family in the registry
     output_dir: str = ""  # the run folder; empty = runs/<run_id>
     lora: LoraCfg = field(default_factory=LoraCfg)
@@ -194,7 +201,8 @@ RANGES = {
     "lora.r": "[1, inf)", "lora.alpha": "(0, inf)", "lora.dropout": "[0, 1)",
     "training.batch_size": "[1, inf)", "training.gradient_accumulation_steps": "[1, inf)", "training.learning_rate": "(0, inf)",
     "training.warmup_ratio": "[0, 1)", "training.max_grad_norm": "[0, inf)", "training.save_steps": "[1, inf)",
-    "training.save_total_limit": "[0, inf)", "training.max_samples": "[0, inf)",
+    "training.save_total_limit": "[0, inf)", "training.max_samples": "[0, inf)", "training.global_batch_size": "[0, inf)",
+    "training.weight_decay": "[0, inf)", "training.lr_vision": "[0, inf)", "training.lr_projector": "[0, inf)",
     "eval.eval_steps": "[1, inf)", "eval.logging_steps": "[1, inf)", "eval.budget_usd": "[0, inf)",
     "data.min_pixels": "[784, inf)", "data.max_pixels": "[784, inf)", "data.max_length": "[16, inf)", "data.val_frac": "[0, 1)",
     "generation.max_new_tokens": "[1, inf)", "generation.batch_size": "[1, inf)", "generation.temperature": "(0, inf)",
@@ -202,7 +210,8 @@ RANGES = {
     "cost.mfu": "(0, 1]", "cost.a100_80gb_usd_per_h": "[0, inf)", "cost.h100_usd_per_h": "[0, inf)", "cost.a10g_usd_per_h": "[0, inf)",
 } | {f"eval.thresholds.{f.name}": "[0, 1]" for f in fields(Thresholds)}
 
-CHOICES = {"method": ("lora", "qlora"), "training.packing": ("none", "page"), "training.gradient_checkpointing": ("auto", "true", "false"),
+CHOICES = {"method": ("lora", "qlora", "full"), "training.packing": ("none", "page"),
+           "training.stage": ("align", "finetune", "full-finetune"), "training.strategy": ("auto", "ddp", "fsdp-full-shard", "fsdp-shard-grad-op"), "training.gradient_checkpointing": ("auto", "true", "false"),
            "training.dtype": ("auto", "bfloat16", "float16", "float32"), "generation.mode": ("single", "scratchpad", "stage-beam"),
            "quantization.bnb_4bit_quant_type": ("nf4", "fp4"), "quantization.bnb_4bit_compute_dtype": ("bfloat16", "float16", "float32")}
 ALIASES = {"training.dtype": {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"},
@@ -238,6 +247,8 @@ def check_config(cfg: Config) -> list:
     if t.max_steps <= 0 and not t.epochs > 0: probs.append(f"config key 'training.epochs': {t.epochs!r} trains nothing; it must be more than 0 (or set training.max_steps)")
     if cfg.data.max_pixels < cfg.data.min_pixels:
         probs.append(f"config keys 'data.max_pixels' ({cfg.data.max_pixels}) and 'data.min_pixels' ({cfg.data.min_pixels}): max_pixels must be at least min_pixels")
+    if cfg.method in ("lora", "qlora") and t.stage != "finetune":
+        probs.append(f"config keys 'training.stage' ({t.stage}) and 'method' ({cfg.method}): stage {t.stage} trains full weights; set method=full (LoRA goes with stage finetune)")
     tm = cfg.lora.target_modules
     if not tm or not all(isinstance(x, str) and x.strip() for x in tm):
         probs.append(f"config key 'lora.target_modules': {tm!r} must list module names, e.g. [q_proj, v_proj]")

@@ -13,8 +13,8 @@ from .core import Vlm3Error
 
 # %% auto #0
 __all__ = ['CONTENT_TYPES', 'ROLES', 'IMAGE_TOKEN', 'LLAVA_ROLES', 'COT_TAGS', 'COT_STAGE_RX', 'FORMATS', 'SPELLINGS',
-           'PIXEL_LIMIT', 'MIN_SIDE', 'MAX_ASPECT', 'OFFLINE_MSG', 'Record', 'iter_lines', 'read_jsonl', 'write_jsonl',
-           'from_pipeline', 'to_pipeline', 'page_types', 'split_by_page', 'split_table', 'from_llava', 'to_llava',
+           'PIXEL_LIMIT', 'OFFLINE_MSG', 'Record', 'iter_lines', 'read_jsonl', 'write_jsonl', 'from_pipeline',
+           'to_pipeline', 'record_id', 'page_types', 'split_by_page', 'split_table', 'from_llava', 'to_llava',
            'check_cot_tags', 'is_structured', 'extract_conclusion', 'to_messages', 'from_messages', 'load_items',
            'detect_format', 'check_image_path', 'near_type', 'check_record', 'check_image', 'Valid', 'Rejected',
            'ValidationReport', 'validate_file', 'read_records', 'quarantine', 'validate_cmd', 'DupReport',
@@ -78,6 +78,12 @@ def from_pipeline(d: dict, default_id: str = "") -> Record:
 def to_pipeline(rec: Record) -> dict:
     "A Record as a pipeline dict."
     return {"id": rec.id, "image": rec.image, "conversations": [dict(t) for t in rec.turns], "metadata": dict(rec.metadata)}
+
+def record_id(x) -> str:
+    "The id to name `x` by in messages: a Record's id, a dict's `id`, or '<messages>' for bare chat messages."
+    if isinstance(x, Record): return x.id
+    if isinstance(x, dict): return str(x.get("id", "<row>"))
+    return "<messages>"
 
 # %% ../nbs/01_data.ipynb #85deb39e
 def _image_of(r): return r.image if isinstance(r, Record) else r["image"]
@@ -369,9 +375,9 @@ def check_record(obj, fmt="pipeline", default_id="",
 
 # %% ../nbs/01_data.ipynb #ad8e934c
 PIXEL_LIMIT = 89_478_485  # PIL's default MAX_IMAGE_PIXELS: ~18x a 600-dpi A4 scan (34.8 MP)
-MIN_SIDE, MAX_ASPECT = 28, 200  # Qwen2-VL smart_resize limits
+def check_image(path, max_pixels=PIXEL_LIMIT,
+                limits=None): # a family's image_limits (anything with .problem(w, h)); None = decode only
 
-def check_image(path, max_pixels=PIXEL_LIMIT):
     "Decode every pixel of the image at `path`; return the problem as a string (no image name), or None."
     old, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
     try:
@@ -388,10 +394,8 @@ def check_image(path, max_pixels=PIXEL_LIMIT):
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         return f"does not fully decode ({e}); re-export it"
     finally: ImageFile.LOAD_TRUNCATED_IMAGES = old
-    probs = []
-    if min(w, h) < MIN_SIDE: probs.append(f"is {w}x{h} px, a side under {MIN_SIDE} px (Qwen2-VL's minimum)")
-    if max(w, h) / max(min(w, h), 1) > MAX_ASPECT: probs.append(f"has aspect ratio {max(w, h) / max(min(w, h), 1):.0f} over {MAX_ASPECT} (Qwen2-VL's maximum)")
-    return "; ".join(probs) + "; crop or pad it" if probs else None
+    why = limits.problem(w, h) if limits is not None else None
+    return f"{why}; crop or pad it" if why else None
 
 # %% ../nbs/01_data.ipynb #e60d0f8d
 @dataclass
@@ -451,7 +455,7 @@ class ValidationReport:
         return head + fp + ("\n\n| line | reason |\n|---:|---|\n" + "\n".join(rows) + more if rows else "")
 
 # %% ../nbs/01_data.ipynb #7e6ec7d9
-def _image_problem(img, root: Path, cache: dict):
+def _image_problem(img, root: Path, cache: dict, limits=None):
     "A problem with the image file at `root/img` (cached per resolved path), or None."
     p = (root / img).resolve()
     if p not in cache:
@@ -460,7 +464,7 @@ def _image_problem(img, root: Path, cache: dict):
             why = f"uses Windows backslashes; write it as {img.replace(chr(92), '/')} (paths are relative to the images root, with /)"
         elif not p.exists(): why = f"not found under {root}/; check the path or pass the right --images-root"
         elif p.is_dir(): why = "is a directory, not an image file"
-        else: why = check_image(p)
+        else: why = check_image(p, limits=limits)
         cache[p] = why
     return None if cache[p] is None else f"image '{img}' {cache[p]}"
 
@@ -478,7 +482,8 @@ def validate_file(path, # a pipeline JSONL, or LLaVA JSON/JSONL
                   fmt="auto", # auto | pipeline | llava | llava-cot
                   check_images=True, # open and decode every image file
                   cache=None, # dict shared between calls to check each image once
-                  content_types=None): # allowed metadata.content_type values; None or empty = any
+                  content_types=None, # allowed metadata.content_type values; None or empty = any
+                  image_limits=None): # the model family's image limits (models.get_family(cfg).image_limits); None = decode only
     "Check every line of `path`; never raises for bad data."
     path = Path(path)
     if fmt not in FORMATS: raise Vlm3Error(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
@@ -494,7 +499,7 @@ def validate_file(path, # a pipeline JSONL, or LLaVA JSON/JSONL
         rec, probs = check_record(obj, fmt, f"{path.stem}:{line}", content_types)
         if rec is not None:
             if rec.id in seen: probs.append(f"duplicate id '{rec.id}' (first on line {seen[rec.id]}); ids must be unique")
-            if check_images and (p := _image_problem(rec.image, root, cache)): probs.append(p)
+            if check_images and (p := _image_problem(rec.image, root, cache, image_limits)): probs.append(p)
         if probs: rep.rejected.append(Rejected(line, raw, probs))
         else: rep.valid.append(Valid(line, raw, rec)); seen[rec.id] = line
     if not items: rep.file_problems.append("no records; the file is empty")
@@ -529,10 +534,11 @@ _quarantine = quarantine  # validate_cmd's argument shadows the name
 
 # %% ../nbs/01_data.ipynb #0314708f
 def validate_cmd(file, images_root=None, fmt="auto", quarantine=None,
-                 content_types=None) -> int: # list, or a comma-separated string ('specification,procedure'); None = any
+                 content_types=None, # list, or a comma-separated string ('specification,procedure'); None = any
+                 image_limits=None) -> int: # the model family's image limits (the CLI passes the configured family's)
     "`vlm3 validate FILE [--images-root DIR] [--format F] [--quarantine DIR] [--content-types a,b]`: print problems and counts; exit code 0 only if all valid."
     if isinstance(content_types, str): content_types = [t.strip() for t in content_types.split(",") if t.strip()]
-    rep = validate_file(file, images_root=images_root, fmt=fmt, content_types=content_types)
+    rep = validate_file(file, images_root=images_root, fmt=fmt, content_types=content_types, image_limits=image_limits)
     print(rep.summary())
     if quarantine is not None:
         q = _quarantine(rep, quarantine)
@@ -630,12 +636,13 @@ def prepare_datasets(train_file, # pipeline JSONL (or LLaVA) with the training r
                      push_to_hub=None, # optional Hub repo id, e.g. me/manual-qa
                      private=True, # push as a private dataset
                      system_prompt=None, # optional system prompt baked into the messages
-                     content_types=None): # allowed metadata.content_type values; None = any
+                     content_types=None, # allowed metadata.content_type values; None = any
+                     image_limits=None): # the model family's image limits
     "Validate both files, build a DatasetDict(train, val) for TRL, save it to `out` and optionally push it."
     from datasets import Dataset, DatasetDict
     cache, reps = {}, {}
     for split, f in (("train", train_file), ("val", val_file)):
-        reps[split] = rep = validate_file(f, images_root=images_root, cache=cache, content_types=content_types)
+        reps[split] = rep = validate_file(f, images_root=images_root, cache=cache, content_types=content_types, image_limits=image_limits)
         if not rep.ok: raise Vlm3Error(_problem_digest(rep).replace("--quarantine", f"--images-root {images_root} --quarantine"))
     for h in reps["train"].hints + reps["val"].hints: print(f"hint: {h}")
     tr, va = reps["train"].records, reps["val"].records
@@ -653,10 +660,10 @@ def prepare_datasets(train_file, # pipeline JSONL (or LLaVA) with the training r
     if push_to_hub: push_dataset(dsd, push_to_hub, private=private)
     return dsd
 
-def prepare_cmd(train, val, images_root, out, push_to_hub=None, content_types=None) -> int:
+def prepare_cmd(train, val, images_root, out, push_to_hub=None, content_types=None, image_limits=None) -> int:
     "`vlm3 prepare --train F --val F --images-root D --out DIR [--push-to-hub REPO] [--content-types a,b]`; invalid data raises Vlm3Error."
     if isinstance(content_types, str): content_types = [t.strip() for t in content_types.split(",") if t.strip()]
-    prepare_datasets(train, val, images_root, out, push_to_hub=push_to_hub, content_types=content_types)
+    prepare_datasets(train, val, images_root, out, push_to_hub=push_to_hub, content_types=content_types, image_limits=image_limits)
     return 0
 
 # %% ../nbs/01_data.ipynb #e0365315

@@ -10,12 +10,14 @@ import torch
 import torch.nn.functional as F
 from .core import Vlm3Error
 from .data import Record, from_pipeline
-from .collate import Collator, encode, encode_ids, _vision_end, _rid
+from .collate import Collator, encode, encode_ids
+from .data import record_id
+from .models import get_family
 
 # %% auto #0
-__all__ = ['PACKING_MODES', 'QWEN2_VL_7B', 'packing_mode', 'page_of', 'Pack', 'pack_records', 'rope_index_of', 'encode_pack',
-           'segment_mask', 'pad_packs', 'check_attention', 'PageCollator', 'nll_sum', 'native_precision_norms',
-           'train_items', 'make_collator', 'pack_stats', 'eval_loss', 'bench_packing']
+__all__ = ['PACKING_MODES', 'QWEN2_VL_7B', 'packing_mode', 'page_of', 'Pack', 'pack_records', 'encode_pack', 'segment_mask',
+           'pad_packs', 'check_attention', 'PageCollator', 'nll_sum', 'native_precision_norms', 'train_items',
+           'make_collator', 'pack_stats', 'eval_loss', 'bench_packing']
 
 # %% ../nbs/04a_packing.ipynb #e839097a
 PACKING_MODES = ("none", "page")
@@ -30,7 +32,7 @@ def packing_mode(cfg) -> str:
 def _rec(x) -> Record:
     if isinstance(x, Record): return x
     if isinstance(x, dict) and "conversations" in x: return from_pipeline(x)
-    raise Vlm3Error(f"record {_rid(x)}: page packing needs pipeline records (an image path and conversations), got {type(x).__name__}")
+    raise Vlm3Error(f"record {record_id(x)}: page packing needs pipeline records (an image path and conversations), got {type(x).__name__}")
 
 def page_of(x) -> str:
     "The page a record is about: its image path, normalised."
@@ -44,15 +46,9 @@ class Pack(list):
     def metadata(self) -> dict: return self[0].metadata if self else {}  # the first record's (content type etc.)
     def __repr__(self): return f"Pack({page_of(self[0]) if self else ''}: {len(self)} records)"
 
-def _prefix(ids, tok, rid) -> int:
-    "Length of the shared page prefix: the tokens up to and including the last <|vision_end|>."
-    ve = _vision_end(ids, tok)
-    if ve < 0: raise Vlm3Error(f"record {rid}: no <|vision_end|> token, so it has no page prefix to share; page packing needs an image in every record")
-    return ve + 1
-
 def _check_prefix(ref_ids, ref_id, ids, rid, P):
     if list(ids[:P]) != list(ref_ids[:P]):
-        raise Vlm3Error(f"records {ref_id} and {rid} show the same page but their tokens up to <|vision_end|> differ; page packing needs "
+        raise Vlm3Error(f"records {ref_id} and {rid} show the same page but their tokens through the image differ; page packing needs "
                         f"the same system prompt and image before the question. Set training.packing=none, or make the prefixes equal")
 
 # %% ../nbs/04a_packing.ipynb #79e71d06
@@ -60,12 +56,12 @@ def _page_rows(records, processor, cfg):
     "Per page, in order of first appearance: `(record, prefix length, tokens, image tokens, trained tokens)` from `encode_ids`."
     groups = {}
     for x in records: groups.setdefault(page_of(x), []).append(_rec(x))
-    tok, out = processor.tokenizer, []
+    tok, out, fam = processor.tokenizer, [], get_family(cfg)
     for page, recs in groups.items():
         rows, ref = [], None
         for r in recs:
             ids, labels, n_img, _ = encode_ids(r, processor, cfg)
-            P = _prefix(ids, tok, r.id)
+            P = fam.prefix_len(ids, tok, r.id)
             if ref is None: ref = (ids, r.id)
             else: _check_prefix(ref[0], ref[1], ids, r.id, P)
             rows.append((r, P, len(ids), n_img, sum(l != -100 for l in labels)))
@@ -88,36 +84,19 @@ def pack_records(records, # Records (or pipeline dicts) with image paths
     "Group records by page into `Pack`s of at most `data.max_length` tokens; a page that does not fit is split between records."
     return [Pack(row[0] for row in run) for rows in _page_rows(records, processor, cfg) for run in _split(rows, cfg.data.max_length)]
 
-# %% ../nbs/04a_packing.ipynb #95d16044
-def _rope_stub(processor):
-    "Qwen2-VL's own `get_rope_index`, bound to a stand-in that carries the one thing it reads (the spatial merge size)."
-    from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLModel
-    m = processor.image_processor.merge_size
-    stub = types.SimpleNamespace(config=types.SimpleNamespace(vision_config=types.SimpleNamespace(spatial_merge_size=m)))
-    stub.get_vision_position_ids = functools.partial(Qwen2VLModel.get_vision_position_ids, stub)
-    return functools.partial(Qwen2VLModel.get_rope_index, stub)
-
-def rope_index_of(model=None, # a Qwen2-VL model (peft-wrapped or not); None = Qwen2-VL's code on a stand-in
-                  processor=None): # needed when model is None
-    "A function `(input_ids, mm_token_type_ids, image_grid_thw=...) -> (position_ids, deltas)`: the model's `get_rope_index`."
-    if model is not None:
-        for m in model.modules():
-            if hasattr(m, "get_rope_index"): return m.get_rope_index
-        raise Vlm3Error(f"{type(model).__name__} has no get_rope_index; page packing supports M-RoPE models of the Qwen2-VL family")
-    return _rope_stub(processor)
-
 # %% ../nbs/04a_packing.ipynb #baf24bcf
 def encode_pack(pack, # a Pack (or list) of records of one page, or a single record
                 processor, # the model's processor
                 cfg, # Config (data.*, family)
-                rope_index=None): # from `rope_index_of`; None = Qwen2-VL's own, on a stand-in
-    "One packed sample: the page prefix once, then each record's segment, with the M-RoPE positions it has alone and a segment id per token."
+                model=None): # the model whose position code to use; None = the family's code without it
+    "One packed sample: the page prefix once, then each record's segment, with the positions it has alone and a segment id per token."
     recs = [_rec(x) for x in (pack if isinstance(pack, (list, tuple)) else [pack])]
     if not recs: raise Vlm3Error("an empty pack cannot be encoded")
-    rope, tok = rope_index or _rope_stub(processor), processor.tokenizer
+    fam, tok = get_family(cfg), processor.tokenizer
+    if not fam.supports_packing: raise Vlm3Error(f"training.packing=page: the {fam.name} family cannot pack pages; set training.packing=none")
     first = encode(recs[0], processor, cfg)  # the only record whose pixels are decoded
-    P = _prefix(first["input_ids"], tok, recs[0].id)
-    ids, labels, pos, mm, seg = [], [], [], [], []
+    P = fam.prefix_len(first["input_ids"], tok, recs[0].id)
+    ids, labels, extras, seg = [], [], {}, []
     for k, r in enumerate(recs):
         if k == 0: i, l = first["input_ids"].tolist(), first["labels"].tolist()
         else:
@@ -125,15 +104,14 @@ def encode_pack(pack, # a Pack (or list) of records of one page, or a single rec
             i, l, _, _ = encode_ids(r, processor, cfg)
             _check_prefix(ids, recs[0].id, i, r.id, P)
         if l[P] != -100: raise Vlm3Error(f"record {r.id}: the first token after the image is a training target; a packed segment must start with untrained text")
-        t = torch.tensor(processor.create_mm_token_type_ids([i])[0])
-        p = rope(torch.tensor([i]), t[None], image_grid_thw=first["image_grid_thw"])[0][:, 0]
         lo = 0 if k == 0 else P
-        ids += i[lo:]; labels += l[lo:]; pos.append(p[:, lo:]); mm.append(t[lo:]); seg += [0] * (P - lo) + [k + 1] * (len(i) - P)
+        for key, v in fam.pack_positions(i, first, processor, model).items(): extras.setdefault(key, []).append(v[..., lo:])
+        ids += i[lo:]; labels += l[lo:]; seg += [0] * (P - lo) + [k + 1] * (len(i) - P)
     if len(ids) > cfg.data.max_length:
         raise Vlm3Error(f"{Pack(recs).id} has {len(ids)} tokens, over data.max_length={cfg.data.max_length}; build packs with pack_records")
-    return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "position_ids": torch.cat(pos, 1),
-            "mm_token_type_ids": torch.cat(mm), "segment_ids": torch.tensor(seg),
-            "pixel_values": first["pixel_values"], "image_grid_thw": first["image_grid_thw"], "id": Pack(recs).id}
+    return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "segment_ids": torch.tensor(seg),
+            **{key: torch.cat(v, -1) for key, v in extras.items()}, **{key: first[key] for key in fam.image_keys if key in first},
+            "id": Pack(recs).id, "extras": tuple(extras)}
 
 # %% ../nbs/04a_packing.ipynb #365f7875
 def segment_mask(seg # (L,) segment id per token: 0 = shared prefix, k > 0 = segment k, -1 = padding
@@ -147,16 +125,14 @@ def segment_mask(seg # (L,) segment id per token: 0 = shared prefix, k > 0 = seg
 # %% ../nbs/04a_packing.ipynb #765378f9
 def pad_packs(encs, # list of `encode_pack` outputs
               pad_id): # the tokenizer's pad token id
-    "Right-pad packed samples into one batch: 4-D boolean `attention_mask` (B, 1, L, L), `position_ids` (3, B, L), one image per pack."
+    "Right-pad packed samples into one batch: 4-D boolean `attention_mask` (B, 1, L, L), per-token extras stacked on the batch dim, one image per pack."
     n = max(len(e["input_ids"]) for e in encs)
     def pad(t, v): return torch.cat([t, torch.full((*t.shape[:-1], n - t.shape[-1]), v, dtype=t.dtype)], -1)
     b = {"input_ids": torch.stack([pad(e["input_ids"], pad_id) for e in encs]),
          "labels": torch.stack([pad(e["labels"], -100) for e in encs]),
-         "attention_mask": torch.stack([segment_mask(pad(e["segment_ids"], -1)) for e in encs])[:, None],
-         "position_ids": torch.stack([pad(e["position_ids"], 0) for e in encs], 1),
-         "mm_token_type_ids": torch.stack([pad(e["mm_token_type_ids"], 0) for e in encs]),
-         "pixel_values": torch.cat([e["pixel_values"] for e in encs]),
-         "image_grid_thw": torch.cat([e["image_grid_thw"] for e in encs])}
+         "attention_mask": torch.stack([segment_mask(pad(e["segment_ids"], -1)) for e in encs])[:, None]}
+    for key in encs[0]["extras"]: b[key] = torch.stack([pad(e[key], 0) for e in encs], -2)  # (L,) -> (B, L); (3, L) -> (3, B, L)
+    for key in [k for k in encs[0] if k not in b and k not in ("id", "extras", "segment_ids")]: b[key] = torch.cat([e[key] for e in encs])
     if not (b["labels"] != -100).any():
         raise Vlm3Error(f"batch of {', '.join(e['id'] for e in encs)} has no trained tokens; it must not reach the loss")
     return b
@@ -176,11 +152,10 @@ def check_attention(model, # the model (peft-wrapped or not)
 class PageCollator:
     "Collate packs (lists of one page's records) into one packed batch; a single record is a pack of one."
     def __init__(self, processor, cfg, model=None):
-        self.processor, self.cfg = processor, cfg
+        self.processor, self.cfg, self.model = processor, cfg, model
         if model is not None: check_attention(model)
-        self.rope = rope_index_of(model, processor)
     def __call__(self, items) -> dict:
-        encs = [encode_pack(x, self.processor, self.cfg, self.rope) for x in items]
+        encs = [encode_pack(x, self.processor, self.cfg) for x in items]  # the family's position code without the model (equal, shown above)
         return pad_packs(encs, self.processor.tokenizer.pad_token_id)
 
 # %% ../nbs/04a_packing.ipynb #303e834e

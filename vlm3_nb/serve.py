@@ -11,7 +11,8 @@ from pathlib import Path
 from PIL import Image
 from fastapi import Request  # at module level: route signatures are resolved in the module's globals
 from .core import Config, Vlm3Error, load_config
-from .data import MAX_ASPECT, MIN_SIDE, Record, to_messages
+from .data import Record, to_messages
+from .models import get_family
 
 # %% auto #0
 __all__ = ['TOKEN_ENV', 'log', 'LOOPBACK', 'serving_config', 'served_name', 'Limits', 'RequestError', 'decode_image',
@@ -59,7 +60,8 @@ def _b64(s: str) -> bytes:
     except (binascii.Error, ValueError) as e: raise RequestError(f"image is not valid base64 ({e}); base64-encode the image file's bytes") from None
 
 def decode_image(data, # raw bytes, base64 text, or a data:image/...;base64, URL
-                 limits=None) -> Image.Image: # Limits; None = the defaults
+                 limits=None, # Limits; None = the defaults
+                 image_limits=None) -> Image.Image: # the model family's image_limits; None = any size that decodes
     "A fully decoded page image; anything else raises RequestError (400, or 413 when it is too large)."
     lim = limits or Limits()
     raw = _b64(data) if isinstance(data, str) else bytes(data)
@@ -76,8 +78,7 @@ def decode_image(data, # raw bytes, base64 text, or a data:image/...;base64, URL
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e: raise RequestError(f"image refused as a decompression bomb ({e}); downscale it", 413) from None
     except Image.UnidentifiedImageError: raise RequestError("image is not a format the server can read; send PNG or JPEG bytes") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e: raise RequestError(f"image does not decode ({e}); re-export it as PNG or JPEG") from None
-    if min(w, h) < MIN_SIDE: raise RequestError(f"image is {w}x{h} px; both sides must be at least {MIN_SIDE} px (Qwen2-VL's minimum)")
-    if max(w, h) / min(w, h) > MAX_ASPECT: raise RequestError(f"image aspect ratio {max(w, h) / min(w, h):.0f} is over {MAX_ASPECT} (Qwen2-VL's maximum); crop it")
+    if image_limits is not None and (why := image_limits.problem(w, h)): raise RequestError(f"image {why}; crop or pad it")
     return img
 
 # %% ../nbs/10_serve.ipynb #d0b4c6ec
@@ -94,12 +95,8 @@ def chat_messages(image, # decoded page (PIL image)
 # %% ../nbs/10_serve.ipynb #62955540
 def prompt_tokens(msgs, processor, cfg) -> int:
     "Prompt length in tokens, visual tokens included, from the image size (no second pass over the pixels)."
-    from vlm3_nb.collate import as_messages, _image_tokens
-    m = as_messages(msgs, cfg, for_generation=True)
-    text = processor.apply_chat_template(m, tokenize=False, add_generation_prompt=True)
-    pad = processor.image_token; parts = text.split(pad)
-    text = parts[0] + "".join(pad * n + s for n, s in zip(_image_tokens(m, processor), parts[1:]))
-    return len(processor.tokenizer(text, add_special_tokens=False)["input_ids"])
+    from vlm3_nb.collate import prompt_length
+    return prompt_length(msgs, processor, cfg)
 
 # %% ../nbs/10_serve.ipynb #e22bfcec
 class Batcher:
@@ -213,7 +210,7 @@ class Engine:
                question: str, max_new_tokens=None) -> str:
         "Answer one question about one page (blocking; Modal's methods and notebooks use this)."
         if not isinstance(question, str) or not question.strip(): raise RequestError("'question' is missing or empty")
-        img = image if isinstance(image, Image.Image) else decode_image(image, self.limits)
+        img = image if isinstance(image, Image.Image) else decode_image(image, self.limits, get_family(self.cfg).image_limits)
         return self.submit(chat_messages(img, [{"role": "user", "content": question}], self.cfg), max_new_tokens).result().text
 
     def close(self): self.batcher.close()
@@ -378,7 +375,7 @@ def make_app(model_path=None, # base or merged model (ignored when `engine` is g
     guarded = [Depends(auth)]
 
     async def answer(image_data, turns, max_new_tokens):
-        img = await run_in_threadpool(decode_image, image_data, lim)
+        img = await run_in_threadpool(decode_image, image_data, lim, get_family(eng.cfg).image_limits)
         return await asyncio.wrap_future(eng.submit(chat_messages(img, turns, eng.cfg), max_new_tokens))
 
     @app.get("/health")
