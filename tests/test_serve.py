@@ -85,7 +85,8 @@ def test_predict_multipart_and_json_equal_eval(env, server):
     with httpx.Client(base_url=server.url, headers=server.h, timeout=60) as c:
         for rec in env.recs:
             r = c.post("/predict", files={"image": ("p.jpg", page(env, rec), "image/jpeg")}, data={"question": rec.question})
-            assert r.status_code == 200 and r.json() == {"answer": env.want[rec.id]}, r.text
+            assert r.status_code == 200 and r.json()["answer"] == env.want[rec.id], r.text
+            assert r.json()["usage"]["total_tokens"] == r.json()["usage"]["prompt_tokens"] + r.json()["usage"]["completion_tokens"]
         rec = env.recs[0]
         r = c.post("/predict", json={"image": base64.b64encode(page(env, rec)).decode(), "question": rec.question})
         assert r.json()["answer"] == env.want[rec.id]
@@ -110,7 +111,46 @@ def test_max_tokens_is_capped_never_raised(env, server):
         big = c.post("/v1/chat/completions", json={"messages": chat_msgs(env, env.recs[0]), "max_tokens": 10_000}).json()
         two = c.post("/v1/chat/completions", json={"messages": chat_msgs(env, env.recs[0]), "max_completion_tokens": 2}).json()
     assert big["usage"]["completion_tokens"] <= 8 and big["choices"][0]["message"]["content"] == env.want[env.recs[0].id]
+    assert big["vlm3"] == {"max_tokens": 8, "max_tokens_cap": 8, "max_tokens_capped": True}, big
+    assert big["choices"][0]["finish_reason"] == ("length" if big["usage"]["completion_tokens"] >= 8 else "stop")
     assert two["usage"]["completion_tokens"] <= 2 and two["choices"][0]["finish_reason"] == "length"
+    assert two["vlm3"]["max_tokens"] == 2 and not two["vlm3"]["max_tokens_capped"]
+
+
+def test_openai_client_sees_caps_sampling_and_refusals(env, server):
+    "What the official client sees: the caps on /v1/models, a seeded sample that repeats, and 400s whose `param` names the field."
+    import openai
+    cl = openai.OpenAI(base_url=f"{server.url}/v1", api_key=server.token, max_retries=0)
+    m = cl.models.list().data[0]
+    assert (m.max_tokens, m.max_prompt_tokens) == (8, 8192), m  # extra fields survive the client's parsing
+    msgs = chat_msgs(env, env.recs[0])
+    a, b = (cl.chat.completions.create(model=m.id, messages=msgs, temperature=1.5, seed=5, max_tokens=4) for _ in range(2))
+    assert a.choices[0].message.content == b.choices[0].message.content
+    g = cl.chat.completions.create(model=m.id, messages=msgs, temperature=0, top_p=1, n=1)
+    assert g.choices[0].message.content == env.want[env.recs[0].id]
+    bad = [(dict(temperature=-1), "temperature"), (dict(top_p=5), "top_p"), (dict(n=2), "n"), (dict(logprobs=True), "logprobs"),
+           (dict(response_format={"type": "json_object"}), "response_format"), (dict(presence_penalty=3), "presence_penalty"),
+           (dict(tools=[{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}]), "tools")]
+    for kw, field in bad:
+        with pytest.raises(openai.BadRequestError) as e: cl.chat.completions.create(model=m.id, messages=msgs, **kw)
+        assert e.value.param == field and e.value.body["type"] == "invalid_request_error" and field in e.value.message, (field, e.value.body)
+
+
+def test_huge_question_refused_before_tokenizing(env, server):
+    "The issue's 240,000-character question: a 413 naming serve.max_prompt_tokens, in milliseconds, on both routes; the server still answers after."
+    q = "What is the torque? " * 12_000
+    with httpx.Client(base_url=server.url, headers=server.h, timeout=60) as c:
+        t0 = time.perf_counter()
+        r1 = c.post("/predict", files={"image": ("p.jpg", page(env, env.recs[0]))}, data={"question": q})
+        r2 = c.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": data_url(env, env.recs[0])}}, {"type": "text", "text": q}]}]})
+        dt = time.perf_counter() - t0
+        for r in (r1, r2):
+            assert r.status_code == 413 and "serve.max_prompt_tokens" in r.json()["error"]["message"], r.text
+            assert r.json()["error"]["code"] == "context_length_exceeded"
+        assert dt < 2, dt  # tokenizing 240k characters took seconds before the cap
+        ok = c.post("/predict", files={"image": ("p.jpg", page(env, env.recs[0]))}, data={"question": env.recs[0].question})
+    assert ok.json()["answer"] == env.want[env.recs[0].id]
 
 
 def raw_http(url, request: bytes) -> int:
@@ -211,7 +251,7 @@ def test_serve_cmd_subprocess_logs_no_token(env):
             time.sleep(0.3)
         rec = env.recs[0]
         r = httpx.post(f"{url}/predict", headers={"Authorization": f"Bearer {token}"}, files={"image": ("p.jpg", page(env, rec))}, data={"question": rec.question}, timeout=60)
-        assert r.json() == {"answer": env.want[rec.id]}
+        assert r.json()["answer"] == env.want[rec.id]
         assert httpx.post(f"{url}/predict", headers={"Authorization": f"Bearer {token}x"}, json={}).status_code == 401
     finally:
         p.send_signal(signal.SIGINT)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_serve.ipynb #57ca6d1d
 from __future__ import annotations
-import asyncio, base64, binascii, copy, io, json, logging, os, queue, secrets, socket, statistics, threading, time, uuid, warnings
+import asyncio, base64, binascii, contextlib, copy, io, json, logging, math, os, queue, secrets, socket, statistics, threading, time, uuid, warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,11 +12,12 @@ from PIL import Image
 from fastapi import Request  # at module level: route signatures are resolved in the module's globals
 from .core import Config, Vlm3Error, load_config
 from .data import Record, to_messages
-from .models import get_family
+from .families import get_family
 
 # %% auto #0
-__all__ = ['TOKEN_ENV', 'log', 'LOOPBACK', 'serving_config', 'served_name', 'Limits', 'RequestError', 'decode_image',
-           'chat_messages', 'prompt_tokens', 'Batcher', 'Req', 'Answer', 'Engine', 'parse_chat', 'completion',
+__all__ = ['CHARS_PER_TOKEN', 'TOKEN_ENV', 'log', 'LOOPBACK', 'serving_config', 'served_name', 'Limits', 'RequestError',
+           'decode_image', 'chat_messages', 'prompt_tokens', 'text_chars', 'check_prompt', 'Batcher', 'Req', 'Answer',
+           'request_config', 'cut_at_stop', 'Engine', 'chat_options', 'parse_chat', 'usage', 'completion',
            'resolve_token', 'BodyLimit', 'make_app', 'ServerThread', 'serve_cmd', 'bench_serve', 'bench_serve_cmd']
 
 # %% ../nbs/10_serve.ipynb #28604f0c
@@ -43,9 +44,9 @@ class Limits:
     max_wait_s: float = 0.005  # how long the batcher waits for more requests to fill a batch
 
 class RequestError(Vlm3Error):
-    "A request the server refuses; the message says what is wrong and how to fix it, `status` is the HTTP code."
-    def __init__(self, msg, status=400):
-        super().__init__(msg); self.status = status
+    "A request the server refuses; the message says what is wrong and how to fix it, `status` is the HTTP code, `param` the field at fault."
+    def __init__(self, msg, status=400, param=None, code=None):
+        super().__init__(msg); self.status, self.param, self.code = status, param, code
 
 # %% ../nbs/10_serve.ipynb #f28c1099
 def _b64(s: str) -> bytes:
@@ -97,6 +98,34 @@ def prompt_tokens(msgs, processor, cfg) -> int:
     "Prompt length in tokens, visual tokens included, from the image size (no second pass over the pixels)."
     from vlm3_nb.collate import prompt_length
     return prompt_length(msgs, processor, cfg)
+
+# %% ../nbs/10_serve.ipynb #86a017c1
+CHARS_PER_TOKEN = 8  # text over this many characters per allowed prompt token is refused before it is tokenized
+
+def text_chars(msgs) -> int:
+    "Characters of text in chat messages or turns (content a string or a list of parts)."
+    n = 0
+    for m in msgs:
+        c = m.get("content")
+        n += len(c) if isinstance(c, str) else sum(len(p.get("text") or "") for p in c or [] if isinstance(p, dict))
+    return n
+
+def check_prompt(msgs, # chat messages (from `chat_messages`) or turns
+                 cfg, # Config: serve.max_prompt_tokens
+                 processor=None, # with one, the exact token count is checked too; None = the character count only
+                 param="messages") -> int | None: # the request field an error names
+    "The prompt's tokens (None without a processor); a prompt over `serve.max_prompt_tokens` is a 413, by its characters before it is tokenized."
+    cap = int(cfg.serve.max_prompt_tokens)
+    if (n := text_chars(msgs)) > CHARS_PER_TOKEN * cap:
+        raise RequestError(f"the prompt's text is {n:,} characters, over this server's limit of {CHARS_PER_TOKEN * cap:,} ({CHARS_PER_TOKEN} per token "
+                           f"of serve.max_prompt_tokens = {cap:,}); shorten the question, or start the server with a larger serve.max_prompt_tokens",
+                           413, param, "context_length_exceeded")
+    if processor is None: return None
+    if (n := prompt_tokens(msgs, processor, cfg)) > cap:
+        raise RequestError(f"the prompt is {n:,} tokens (page image included), over this server's limit of {cap:,} (serve.max_prompt_tokens); "
+                           f"shorten the question or the conversation, or start the server with a larger serve.max_prompt_tokens",
+                           413, param, "context_length_exceeded")
+    return n
 
 # %% ../nbs/10_serve.ipynb #e22bfcec
 class Batcher:
@@ -156,17 +185,42 @@ class Batcher:
 # %% ../nbs/10_serve.ipynb #f0e6b77a
 @dataclass
 class Req:
-    "One request for the engine: chat messages (from `chat_messages`) and its token budget."
+    "One request for the engine: chat messages (from `chat_messages`), its token budget and what it asks of sampling."
     msgs: list
     max_new_tokens: int
+    temperature: float | None = None  # None = the config's (generation.do_sample, generation.temperature); 0 = greedy
+    top_p: float | None = None  # None = the config's generation.top_p
+    seed: int | None = None  # a sampled request with a seed runs in a batch of its own, so its answer repeats
+    stop: tuple = ()  # the answer ends before the first of these strings
+    prompt_tokens: int = 0  # counted once, by `check_prompt`
 
 @dataclass
 class Answer:
     text: str
     prompt_tokens: int
     completion_tokens: int
-    finish_reason: str  # 'stop' (the model ended its turn) or 'length' (it hit max_new_tokens)
+    finish_reason: str  # 'stop' (the model ended its turn, or a stop string) or 'length' (it used the whole budget)
+    max_new_tokens: int = 0  # the budget it ran with: the request's, capped at generation.max_new_tokens
 
+# %% ../nbs/10_serve.ipynb #3ac2acb5
+def request_config(cfg, # the server's Config
+                   r) -> Config: # a Req
+    "The config one request generates with: the server's, with the request's token budget and sampling settings."
+    c = copy.deepcopy(cfg); g = c.generation
+    g.max_new_tokens = r.max_new_tokens
+    if r.temperature is not None:
+        g.do_sample = r.temperature > 0
+        if g.do_sample: g.temperature = float(r.temperature)
+    if r.top_p is not None: g.top_p = float(r.top_p)
+    return c
+
+# %% ../nbs/10_serve.ipynb #5ece1781
+def cut_at_stop(text: str, stop=()) -> str | None:
+    "`text` up to the first of the `stop` strings, or None when none occurs."
+    hits = [i for s in stop if (i := text.find(s)) >= 0]
+    return text[:min(hits)] if hits else None
+
+# %% ../nbs/10_serve.ipynb #f29b8c35
 class Engine:
     "One model answering requests through `infer`'s generation path; concurrent requests share batches."
     def __init__(self, model, processor, cfg, fingerprint, name="vlm3", limits=None):
@@ -190,95 +244,168 @@ class Engine:
         cap = int(self.cfg.generation.max_new_tokens)
         return cap if n is None else max(1, min(int(n), cap))
 
+    @contextlib.contextmanager
+    def _rng(self, seed):
+        "Seed torch's random state for one generate call and restore it afterwards; nothing when `seed` is None."
+        if seed is None: yield; return
+        import torch
+        dev = next(self.model.parameters()).device
+        with torch.random.fork_rng(devices=[dev.index or 0] if dev.type == "cuda" else []):
+            torch.manual_seed(seed); yield
+
+    def _answer(self, r, text, n) -> Answer:
+        "'length' when generation used the whole budget, else 'stop'; a stop string cuts the text, and its tokens are counted again."
+        if (cut := cut_at_stop(text, r.stop)) is None:
+            return Answer(text, r.prompt_tokens, n, "length" if n >= r.max_new_tokens else "stop", r.max_new_tokens)
+        return Answer(cut, r.prompt_tokens, len(self.processor.tokenizer(cut, add_special_tokens=False)["input_ids"]), "stop", r.max_new_tokens)
+
     def generate(self, reqs) -> list:
-        "Answer a batch of `Req`s: one left-padded generate call per distinct token budget."
+        "Answer a batch of `Req`s: one left-padded generate call per distinct generation setting; a seeded sampled request runs alone."
         from vlm3_nb.infer import _generate
         out, groups = [None] * len(reqs), {}
-        for i, r in enumerate(reqs): groups.setdefault(r.max_new_tokens, []).append(i)
-        for mnt, idx in groups.items():
-            c = copy.deepcopy(self.cfg); c.generation.max_new_tokens, c.generation.batch_size = mnt, len(idx)
-            texts, ntok = _generate(self.model, self.processor, [reqs[i].msgs for i in idx], c)
-            for i, t, n in zip(idx, texts, ntok):
-                out[i] = Answer(t, prompt_tokens(reqs[i].msgs, self.processor, self.cfg), n, "length" if n >= mnt else "stop")
+        for i, r in enumerate(reqs):
+            c = request_config(self.cfg, r); g = c.generation
+            key = (g.max_new_tokens, g.do_sample) + ((g.temperature, g.top_p, None if r.seed is None else i) if g.do_sample else ())
+            groups.setdefault(key, (c, []))[1].append(i)
+        for c, idx in groups.values():
+            c.generation.batch_size = len(idx)
+            with self._rng(reqs[idx[0]].seed if c.generation.do_sample else None):
+                texts, ntok = _generate(self.model, self.processor, [reqs[i].msgs for i in idx], c)
+            for i, t, n in zip(idx, texts, ntok): out[i] = self._answer(reqs[i], t, n)
         return out
 
-    def submit(self, msgs, max_new_tokens=None) -> Future:
-        "Queue chat messages; the Future resolves to an `Answer`."
-        return self.batcher.submit(Req(msgs, self.budget(max_new_tokens)))
+    def submit(self, msgs, max_new_tokens=None, temperature=None, top_p=None, seed=None, stop=(),
+               param="messages") -> Future: # param: the request field a refused prompt is blamed on
+        "Check the prompt against `serve.max_prompt_tokens` (413), then queue it; the Future resolves to an `Answer`."
+        n = check_prompt(msgs, self.cfg, self.processor, param)
+        stop = (stop,) if isinstance(stop, str) else tuple(stop or ())
+        return self.batcher.submit(Req(msgs, self.budget(max_new_tokens), temperature, top_p, seed, stop, n))
 
     def answer(self, image, # bytes, base64 text, data URL or PIL image
                question: str, max_new_tokens=None) -> str:
         "Answer one question about one page (blocking; Modal's methods and notebooks use this)."
-        if not isinstance(question, str) or not question.strip(): raise RequestError("'question' is missing or empty")
+        if not isinstance(question, str) or not question.strip(): raise RequestError("'question' is missing or empty", param="question")
+        turns = [{"role": "user", "content": question}]
+        check_prompt(turns, self.cfg, param="question")  # the character count, before the image is decoded
         img = image if isinstance(image, Image.Image) else decode_image(image, self.limits, get_family(self.cfg).image_limits)
-        return self.submit(chat_messages(img, [{"role": "user", "content": question}], self.cfg), max_new_tokens).result().text
+        return self.submit(chat_messages(img, turns, self.cfg), max_new_tokens, param="question").result().text
 
     def close(self): self.batcher.close()
 
-# %% ../nbs/10_serve.ipynb #a8e3e991
+# %% ../nbs/10_serve.ipynb #b06715f4
+_CHAT_FIELDS = ("messages", "model", "max_tokens", "max_completion_tokens", "temperature", "top_p", "seed", "stop", "n", "stream",
+                "presence_penalty", "frequency_penalty", "user", "metadata", "store", "service_tier")  # honoured, checked, or harmless
+_NOT_SUPPORTED = {"tools": "tool calling", "tool_choice": "tool calling", "parallel_tool_calls": "tool calling", "functions": "function calling",
+                  "function_call": "function calling", "response_format": "structured output (JSON mode or a JSON schema)",
+                  "logprobs": "log probabilities", "top_logprobs": "log probabilities", "logit_bias": "logit bias", "stream_options": "streaming",
+                  "audio": "audio output", "modalities": "output other than text", "prediction": "predicted outputs",
+                  "reasoning_effort": "reasoning settings", "web_search_options": "web search"}
+_ASKS_NOTHING = {"tool_choice": ["none"], "response_format": [{"type": "text"}], "modalities": [["text"]]}  # besides null, false, 0, [], {}
+
 def _max_tokens(v, key):
     if v is None: return None
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1: raise RequestError(f"'{key}' must be a positive integer, got {v!r}")
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise RequestError(f"'{key}' must be a positive integer, got {v!r}", param=key, code="invalid_value")
     return v
 
+def _number(body, k, lo, hi, lo_open=False, hint=""):
+    "`body[k]`, a number in [lo, hi] ((lo, hi] when `lo_open`), or None when absent; anything else is a 400 naming the field."
+    v = body.get(k)
+    if v is None: return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not (lo < v if lo_open else lo <= v) or v > hi:
+        raise RequestError(f"'{k}' must be a number in {'(' if lo_open else '['}{lo}, {hi}], got {v!r}{hint}", param=k, code="invalid_value")
+    return v
+
+def chat_options(body: dict, # the decoded JSON body of a chat completion request
+                 cfg) -> dict: # Config: generation.repetition_penalty (named in the penalties' error)
+    "`Engine.submit`'s keyword arguments from an OpenAI request; a field out of range or one this server cannot honour is a 400 naming it."
+    for k, v in body.items():
+        if k in _NOT_SUPPORTED:
+            if v not in (None, False, [], {}) and v not in _ASKS_NOTHING.get(k, []):
+                raise RequestError(f"'{k}' is not supported: this server has no {_NOT_SUPPORTED[k]} and answers in plain text; drop '{k}'",
+                                   param=k, code="unsupported_parameter")
+        elif k not in _CHAT_FIELDS:
+            raise RequestError(f"unknown field '{k}'; this server takes {', '.join(_CHAT_FIELDS)}", param=k, code="unknown_parameter")
+    if body.get("stream"): raise RequestError("'stream' is not supported (answers come whole); send stream=false or leave it out", param="stream", code="unsupported_parameter")
+    if (n := body.get("n")) is not None and (isinstance(n, bool) or n != 1):
+        raise RequestError(f"'n' must be 1, got {n!r}: one choice per request; send n separate requests for n answers", param="n", code="invalid_value")
+    for k in ("presence_penalty", "frequency_penalty"):
+        if _number(body, k, -2, 2):
+            raise RequestError(f"'{k}' is not supported (generate has none; this server's repetition penalty is generation.repetition_penalty = "
+                               f"{cfg.generation.repetition_penalty}); send 0 or leave it out", param=k, code="unsupported_parameter")
+    t = _number(body, "temperature", 0, 2, hint=" (0 = greedy)")
+    p = _number(body, "top_p", 0, 1, lo_open=True, hint=" (1 = no nucleus cut; for greedy decoding send temperature 0)")
+    if (seed := body.get("seed")) is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not -2**63 <= seed < 2**64):
+        raise RequestError(f"'seed' must be an integer (64 bits), got {seed!r}", param="seed", code="invalid_value")
+    stop = [stop] if isinstance(stop := body.get("stop"), str) else [] if stop is None else stop
+    if not isinstance(stop, list) or len(stop) > 4 or not all(isinstance(x, str) and x for x in stop):
+        raise RequestError(f"'stop' must be a non-empty string or a list of up to 4 of them, got {body.get('stop')!r}", param="stop", code="invalid_value")
+    key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+    return dict(max_new_tokens=_max_tokens(body.get(key), key), temperature=t, top_p=p, seed=seed, stop=tuple(stop))
+
+# %% ../nbs/10_serve.ipynb #a8e3e991
 def _parts(content, where) -> tuple:
     "`(text, image_urls)` of one message's content (a string or a list of parts)."
     if isinstance(content, str): return content, []
-    if not isinstance(content, list): raise RequestError(f"{where}.content must be a string or a list of parts, got {type(content).__name__}")
+    if not isinstance(content, list): raise RequestError(f"{where}.content must be a string or a list of parts, got {type(content).__name__}", param="messages")
     texts, urls = [], []
     for j, p in enumerate(content):
         w = f"{where}.content[{j}]"
         t = p.get("type") if isinstance(p, dict) else None
         if t == "text":
-            if not isinstance(p.get("text"), str): raise RequestError(f"{w}.text must be a string")
+            if not isinstance(p.get("text"), str): raise RequestError(f"{w}.text must be a string", param="messages")
             texts.append(p["text"])
         elif t == "image_url":
             u = p.get("image_url"); url = u.get("url") if isinstance(u, dict) else u
-            if not isinstance(url, str): raise RequestError(f"{w}.image_url.url must be a string")
+            if not isinstance(url, str): raise RequestError(f"{w}.image_url.url must be a string", param="messages")
             if not url.strip().startswith("data:"):
-                raise RequestError(f"{w}: only data: URLs are accepted (the server fetches nothing); send data:image/png;base64,<bytes>")
+                raise RequestError(f"{w}: only data: URLs are accepted (the server fetches nothing); send data:image/png;base64,<bytes>", param="messages")
             urls.append(url)
-        else: raise RequestError(f"{w}: part type {t!r} is not supported; use 'text' or 'image_url'")
+        else: raise RequestError(f"{w}: part type {t!r} is not supported; use 'text' or 'image_url'", param="messages")
     return "\n".join(texts), urls
 
 def parse_chat(body, # the decoded JSON body of a chat completion request
                cfg) -> tuple: # Config: data.system_prompt
-    "`(turns, image_url, max_tokens)` from an OpenAI chat request; what this server cannot answer faithfully raises RequestError."
-    if not isinstance(body, dict): raise RequestError("the body must be a JSON object with 'messages'")
-    if body.get("stream"): raise RequestError("'stream' is not supported; send stream=false")
-    if body.get("n") not in (None, 1): raise RequestError("'n' must be 1")
+    "`(turns, image_url, options)` from an OpenAI chat request (options: `chat_options`); what this server cannot answer faithfully raises RequestError."
+    if not isinstance(body, dict): raise RequestError("the body must be a JSON object with 'messages'", param="messages")
+    opts = chat_options(body, cfg)
     msgs = body.get("messages")
-    if not isinstance(msgs, list) or not msgs: raise RequestError("'messages' must be a non-empty list")
+    if not isinstance(msgs, list) or not msgs: raise RequestError("'messages' must be a non-empty list", param="messages")
     turns, image = [], None
     for i, m in enumerate(msgs):
         where = f"messages[{i}]"
-        if not isinstance(m, dict): raise RequestError(f"{where} must be an object with 'role' and 'content'")
+        if not isinstance(m, dict): raise RequestError(f"{where} must be an object with 'role' and 'content'", param="messages")
         role = m.get("role")
         text, urls = _parts(m.get("content"), where)
         if role == "system":
             if i or urls or text.strip() != (cfg.data.system_prompt or "").strip():
                 raise RequestError(f"{where}: the system prompt is fixed by the server's config (data.system_prompt = {cfg.data.system_prompt!r}), "
-                                   f"so answers match training and eval; drop the system message")
+                                   f"so answers match training and eval; drop the system message", param="messages")
             continue
-        if role not in ("user", "assistant"): raise RequestError(f"{where}: role {role!r} is not supported; use system, user or assistant")
+        if role not in ("user", "assistant"): raise RequestError(f"{where}: role {role!r} is not supported; use system, user or assistant", param="messages")
         if urls:
-            if role != "user" or turns or len(urls) > 1: raise RequestError(f"{where}: send exactly one page image, in the first user message")
+            if role != "user" or turns or len(urls) > 1: raise RequestError(f"{where}: send exactly one page image, in the first user message", param="messages")
             image = urls[0]
-        if not text.strip(): raise RequestError(f"{where}: the {role} text is empty")
-        if (turns[-1]["role"] if turns else "assistant") == role: raise RequestError(f"{where}: turns must alternate user, assistant, user, ... starting with user")
+        if not text.strip(): raise RequestError(f"{where}: the {role} text is empty", param="messages")
+        if (turns[-1]["role"] if turns else "assistant") == role: raise RequestError(f"{where}: turns must alternate user, assistant, user, ... starting with user", param="messages")
         turns.append({"role": role, "content": text})
-    if turns[-1]["role"] != "user": raise RequestError("the last message must be the user's question")
-    if image is None: raise RequestError("no page image: put {'type': 'image_url', 'image_url': {'url': 'data:image/png;base64,...'}} in the first user message")
-    key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
-    return turns, image, _max_tokens(body.get(key), key)
+    if turns[-1]["role"] != "user": raise RequestError("the last message must be the user's question", param="messages")
+    if image is None: raise RequestError("no page image: put {'type': 'image_url', 'image_url': {'url': 'data:image/png;base64,...'}} in the first user message", param="messages")
+    return turns, image, opts
 
-def completion(ans: Answer, model: str, fingerprint: str) -> dict:
-    "An OpenAI `chat.completion` object for one answer."
+def usage(ans: Answer) -> dict:
+    "OpenAI's `usage` block for one answer."
+    return {"prompt_tokens": ans.prompt_tokens, "completion_tokens": ans.completion_tokens, "total_tokens": ans.prompt_tokens + ans.completion_tokens}
+
+def completion(ans: Answer, model: str, fingerprint: str,
+               cap=None, # the server's generation.max_new_tokens
+               requested=None) -> dict: # the request's max_tokens (None = not given)
+    "An OpenAI `chat.completion` object for one answer; `vlm3` (an extra field, which OpenAI's client keeps) says what its token budget was."
     return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()), "model": model,
             "system_fingerprint": fingerprint,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": ans.text}, "finish_reason": ans.finish_reason, "logprobs": None}],
-            "usage": {"prompt_tokens": ans.prompt_tokens, "completion_tokens": ans.completion_tokens,
-                      "total_tokens": ans.prompt_tokens + ans.completion_tokens}}
+            "usage": usage(ans),
+            "vlm3": {"max_tokens": ans.max_new_tokens, "max_tokens_cap": cap, "max_tokens_capped": bool(requested and cap and requested > cap)}}
 
 # %% ../nbs/10_serve.ipynb #e070c89d
 TOKEN_ENV = "VLM3_API_TOKEN"
@@ -295,10 +422,12 @@ def resolve_token(token=None, # the --token value
                         f"clients send it as 'Authorization: Bearer <token>'. --insecure-no-auth serves without auth, on 127.0.0.1 only")
     return token
 
-def _error(status, msg, headers=None):
+def _error(status, msg, headers=None, param=None, code=None):
+    "An error response in OpenAI's shape: `{'error': {'message', 'type', 'param', 'code'}}`."
     from fastapi.responses import JSONResponse
-    kind = {401: "authentication_error", 413: "request_too_large", 503: "server_busy"}.get(status, "invalid_request_error" if status < 500 else "server_error")
-    return JSONResponse({"error": {"message": msg, "type": kind, "code": status}}, status_code=status, headers=headers)
+    kind = {401: "authentication_error", 503: "server_busy"}.get(status, "invalid_request_error" if status < 500 else "server_error")
+    code = code or {401: "invalid_api_key", 413: "request_too_large"}.get(status)
+    return JSONResponse({"error": {"message": msg, "type": kind, "param": param, "code": code}}, status_code=status, headers=headers)
 
 class BodyLimit:
     "ASGI middleware: refuse request bodies over `max_bytes` with a 413, by Content-Length or as they stream in."
@@ -324,15 +453,24 @@ async def _json(request):
     try: return json.loads(await request.body())
     except (json.JSONDecodeError, UnicodeDecodeError) as e: raise RequestError(f"the body is not valid JSON ({e})") from None
 
+_PREDICT_FIELDS = ("image", "question", "max_new_tokens")
+
+def _predict_fields(keys):
+    "Refuse fields /predict does not take, so none is silently ignored."
+    if extra := [k for k in keys if k not in _PREDICT_FIELDS]:
+        raise RequestError(f"unknown field{'s' * (len(extra) > 1)} {', '.join(map(repr, extra))}: /predict takes image, question and max_new_tokens; "
+                           f"sampling settings (temperature, top_p, seed, stop) go to /v1/chat/completions", param=extra[0], code="unknown_parameter")
+
 async def _form(request):
     "`(image, question, max_new_tokens)` from a multipart or url-encoded form; the image is a file or base64 text."
     try: form = await request.form(max_files=1, max_fields=8)
     except RequestError: raise
     except Exception as e: raise RequestError(f"the multipart body does not parse ({getattr(e, 'detail', e)})") from None
+    _predict_fields(form.keys())
     f, q, mt = form.get("image"), form.get("question"), form.get("max_new_tokens")
-    if f is None: raise RequestError("the form needs an 'image' field: a file (curl -F image=@page.jpg) or base64 text")
+    if f is None: raise RequestError("the form needs an 'image' field: a file (curl -F image=@page.jpg) or base64 text", param="image")
     if mt is not None:
-        if not str(mt).strip().isdigit(): raise RequestError(f"'max_new_tokens' must be a positive integer, got {mt!r}")
+        if not str(mt).strip().isdigit(): raise RequestError(f"'max_new_tokens' must be a positive integer, got {mt!r}", param="max_new_tokens", code="invalid_value")
         mt = _max_tokens(int(mt), "max_new_tokens")
     return (f if isinstance(f, str) else await f.read()), q, mt
 
@@ -358,7 +496,7 @@ def make_app(model_path=None, # base or merged model (ignored when `engine` is g
 
     async def on_vlm3(request, e):
         st = getattr(e, "status", 400)
-        return _error(st, str(e), {"WWW-Authenticate": "Bearer"} if st == 401 else None)
+        return _error(st, str(e), {"WWW-Authenticate": "Bearer"} if st == 401 else None, getattr(e, "param", None), getattr(e, "code", None))
     async def on_http(request, e): return _error(e.status_code, str(e.detail), getattr(e, "headers", None))
     async def on_invalid(request, e): return _error(400, "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors()))
     async def on_bug(request, e):
@@ -374,9 +512,12 @@ def make_app(model_path=None, # base or merged model (ignored when `engine` is g
             raise RequestError("missing or wrong bearer token: send 'Authorization: Bearer <token>' with the server's token (--token or VLM3_API_TOKEN)", 401)
     guarded = [Depends(auth)]
 
-    async def answer(image_data, turns, max_new_tokens):
-        img = await run_in_threadpool(decode_image, image_data, lim, get_family(eng.cfg).image_limits)
-        return await asyncio.wrap_future(eng.submit(chat_messages(img, turns, eng.cfg), max_new_tokens))
+    async def answer(image_data, turns, opts, param):
+        check_prompt(turns, eng.cfg, param=param)  # the character count: a huge question is refused before anything is decoded
+        def prep():  # decoding and the token count run off the event loop
+            img = decode_image(image_data, lim, get_family(eng.cfg).image_limits)
+            return eng.submit(chat_messages(img, turns, eng.cfg), **opts, param=param)
+        return await asyncio.wrap_future(await run_in_threadpool(prep))
 
     @app.get("/health")
     def health():
@@ -384,7 +525,8 @@ def make_app(model_path=None, # base or merged model (ignored when `engine` is g
 
     @app.get("/v1/models", dependencies=guarded)
     def models():
-        return {"object": "list", "data": [{"id": eng.name, "object": "model", "created": 0, "owned_by": "vlm3"}]}
+        return {"object": "list", "data": [{"id": eng.name, "object": "model", "created": 0, "owned_by": "vlm3",
+                                            "max_tokens": eng.budget(), "max_prompt_tokens": int(eng.cfg.serve.max_prompt_tokens)}]}
 
     @app.post("/predict", dependencies=guarded)
     async def predict_route(request: Request):
@@ -393,17 +535,19 @@ def make_app(model_path=None, # base or merged model (ignored when `engine` is g
         elif ct.startswith("application/json"):
             body = await _json(request)
             if not isinstance(body, dict): raise RequestError("the JSON body must be an object {\"image\": base64, \"question\": ...}")
+            _predict_fields(body)
             data, q, mt = body.get("image"), body.get("question"), _max_tokens(body.get("max_new_tokens"), "max_new_tokens")
-            if not isinstance(data, str): raise RequestError("'image' must be base64 text or a data:image/...;base64, URL")
+            if not isinstance(data, str): raise RequestError("'image' must be base64 text or a data:image/...;base64, URL", param="image")
         else: raise RequestError("send multipart/form-data (image file + question) or application/json {\"image\": base64, \"question\": ...}", 415)
-        if not isinstance(q, str) or not q.strip(): raise RequestError("'question' is missing or empty")
-        ans = await answer(data, [{"role": "user", "content": q}], mt)
-        return {"answer": ans.text}
+        if not isinstance(q, str) or not q.strip(): raise RequestError("'question' is missing or empty", param="question")
+        ans = await answer(data, [{"role": "user", "content": q}], {"max_new_tokens": mt}, "question")
+        return {"answer": ans.text, "finish_reason": ans.finish_reason, "max_new_tokens": ans.max_new_tokens, "usage": usage(ans)}
 
     @app.post("/v1/chat/completions", dependencies=guarded)
     async def chat(request: Request):
-        turns, url, mt = parse_chat(await _json(request), eng.cfg)
-        return completion(await answer(url, turns, mt), eng.name, eng.fingerprint)
+        turns, url, opts = parse_chat(await _json(request), eng.cfg)
+        ans = await answer(url, turns, opts, "messages")
+        return completion(ans, eng.name, eng.fingerprint, eng.budget(), opts["max_new_tokens"])
 
     return app
 
@@ -462,7 +606,8 @@ def serve_cmd(model, # base or merged model: local folder or hub id
     print(f"serving {eng.name} (fingerprint {eng.fingerprint}) on http://{host}:{sock.getsockname()[1]}")
     print("auth: " + (f"bearer token required (from {'--token' if token else TOKEN_ENV}; never printed or logged)" if tok else "NONE (--insecure-no-auth; loopback only)"))
     print(f"routes: GET /health, POST /predict, POST /v1/chat/completions, GET /v1/models; "
-          f"max_new_tokens <= {eng.cfg.generation.max_new_tokens}, batches of <= {eng.batcher.max_batch}", flush=True)
+          f"max_new_tokens <= {eng.cfg.generation.max_new_tokens}, prompts <= {eng.cfg.serve.max_prompt_tokens} tokens (serve.max_prompt_tokens), "
+          f"batches of <= {eng.batcher.max_batch}", flush=True)
     try: uvicorn.Server(uvicorn.Config(app, log_level=log_level, access_log=True, server_header=False)).run(sockets=[sock])
     finally: eng.close(); sock.close()
     return 0
