@@ -89,7 +89,8 @@ def token_stats(records, processor, cfg, batch_size=None) -> dict:
             "image_tokens": _summary([r["image"] for r in rows]), "text_tokens": _summary([r["tokens"] - r["image"] for r in rows]),
             "trained_tokens": _summary([r["trained"] for r in rows]), "total_tokens": _summary(lens),
             "longest": {"id": longest["id"], "tokens": longest["tokens"]},
-            "batch_size": bs, "padding_waste": round(1 - sum(lens) / padded, 4) if padded else 0.0}
+            "batch_size": bs, "padding_waste": round(1 - sum(lens) / padded, 4) if padded else 0.0,
+            "sums": {"tokens": sum(lens), "padded_tokens": padded, "image_tokens": sum(r["image"] for r in rows)}}  # per epoch
 
 # %% ../nbs/04_collate.ipynb #bf27b760
 def pad_batch(encs, # list of `encode` outputs

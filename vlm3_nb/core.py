@@ -54,7 +54,8 @@ class TrainingCfg:
     weight_decay: float = 0.0  # AdamW decay (never on biases and norms)
     lr_vision: float = 0.0  # the vision tower's learning rate; 0 = learning_rate
     lr_projector: float = 0.0  # the projector's learning rate; 0 = learning_rate
-    pretrained_checkpoint: str = ""  # what an earlier stage trained (a run folder, its model/, or a checkpoint), loaded strictly first
+    pretrained_checkpoint: str = ""  # what an earlier full-weight stage trained (its run folder or a checkpoint), loaded strictly first
+    optimizer: str = "adamw"  # adamw | sgd (plain SGD: tests that compare weights across world sizes)
 
 @dataclass
 class QuantizationCfg:
@@ -211,7 +212,7 @@ RANGES = {
 } | {f"eval.thresholds.{f.name}": "[0, 1]" for f in fields(Thresholds)}
 
 CHOICES = {"method": ("lora", "qlora", "full"), "training.packing": ("none", "page"),
-           "training.stage": ("align", "finetune", "full-finetune"), "training.strategy": ("auto", "ddp", "fsdp-full-shard", "fsdp-shard-grad-op"), "training.gradient_checkpointing": ("auto", "true", "false"),
+           "training.stage": ("align", "finetune", "full-finetune"), "training.optimizer": ("adamw", "sgd"), "training.strategy": ("auto", "ddp", "fsdp-full-shard", "fsdp-shard-grad-op"), "training.gradient_checkpointing": ("auto", "true", "false"),
            "training.dtype": ("auto", "bfloat16", "float16", "float32"), "generation.mode": ("single", "scratchpad", "stage-beam"),
            "quantization.bnb_4bit_quant_type": ("nf4", "fp4"), "quantization.bnb_4bit_compute_dtype": ("bfloat16", "float16", "float32")}
 ALIASES = {"training.dtype": {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"},

@@ -112,7 +112,9 @@ class Family:
     # loading
     def load(self, path, dtype, quant, device): raise NotImplementedError  # -> (model, processor)
     def build_tiny(self, out, size="tiny", seed=0): raise NotImplementedError  # writes a loadable folder
-    def arch(self, name): raise NotImplementedError  # -> Arch facts for preflight, from a folder or a known hub id
+    def arch(self, name, lora_r=0, lora_targets=()): raise NotImplementedError  # -> Arch facts for preflight, from a folder or a known hub id
+    def offline_processor(self, texts, cfg): raise NotImplementedError  # a processor with a tokenizer trained on `texts` (counting without the hub)
+    def random_model(self, size, device, dtype): raise NotImplementedError  # (model, processor) of a published architecture, random weights (benchmarks)
     # data
     def messages(self, x, cfg, for_generation=False): raise NotImplementedError
     def encode(self, x, processor, cfg, for_generation=False): raise NotImplementedError

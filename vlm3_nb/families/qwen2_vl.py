@@ -286,6 +286,19 @@ def _arch(self, name, lora_r=0, lora_targets=()) -> Arch:
                 hidden=tc.hidden_size, layers=tc.num_hidden_layers, vocab=tc.vocab_size, intermediate=tc.intermediate_size,
                 vision_dim=mc.vision_config.embed_dim, patches_per_token=mc.vision_config.spatial_merge_size ** 2)
 
+# %% ../../nbs/03a_qwen2_vl.ipynb #b1d77358
+def _offline_processor(self, texts, cfg):
+    return make_processor(train_tokenizer(texts), cfg.data.min_pixels, cfg.data.max_pixels)
+
+def _random_model(self, size, device, dtype=torch.bfloat16):
+    "A published (or tiny) Qwen2-VL architecture with random weights on `device`, and a processor with the offline tokenizer."
+    from transformers import AutoModelForImageTextToText
+    tok = train_tokenizer(corpus_text(pages=20, seed=0))
+    mc = qwen2_vl_config(size, tok)
+    if size in PUBLISHED: mc.text_config.vocab_size = PUBLISHED[size]["vocab"]  # the real logits cost; the offline ids fit inside it
+    with torch.device(device): model = AutoModelForImageTextToText.from_config(mc, dtype=dtype)
+    return model, make_processor(tok)
+
 # %% ../../nbs/03a_qwen2_vl.ipynb #5063788f
 class Qwen2VL(Family):
     "Qwen2-VL (and its tiny offline build) through transformers' auto classes."
@@ -301,5 +314,6 @@ class Qwen2VL(Family):
     tiny_sizes = tuple(TINY_SIZES)
     load, build_tiny, messages, encode, encode_ids, image_tokens, prompt_length = _load, _build_tiny, _messages, _encode, _encode_ids, _image_tokens, _prompt_length
     prefix_len, pack_positions, module_groups, layer_classes, arch = _prefix_len, _pack_positions, _module_groups, _layer_classes, _arch
+    offline_processor, random_model = _offline_processor, _random_model
 
 FAMILY = register(Qwen2VL())
