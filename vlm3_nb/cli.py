@@ -7,9 +7,10 @@ from __future__ import annotations
 import argparse, os, sys, time
 from pathlib import Path
 from .core import Vlm3Error, load_config, config_path
+from .demo import demo_config, run_demo
 
 # %% auto #0
-__all__ = ['demo_config', 'run_demo', 'bench_generate_cmd', 'bench_demo_cmd', 'build_parser', 'main']
+__all__ = ['build_parser', 'main']
 
 # %% ../nbs/12_cli.ipynb #d83606a5
 def _synth(a):
@@ -38,28 +39,24 @@ def _train(a):
 
 def _preflight(a):
     from vlm3_nb.train import preflight_cmd
-    return preflight_cmd(a.config, a.overrides)
+    return preflight_cmd(a.config, a.overrides, gpus=a.gpus)
 
 def _serve(a):
     from vlm3_nb.serve import serve_cmd
     return serve_cmd(a.model, a.adapter, a.host, a.port, a.token, a.config, a.insecure_no_auth, a.log_level)
 
 def _bench(a):
-    if a.what == "train":
-        from vlm3_nb.train import bench_cmd
-        return bench_cmd(a.size, a.method, a.steps, a.batch_size, a.image_size, out=a.out)
+    from vlm3_nb import bench
+    if a.what == "train": return bench.bench_cmd(a.size, a.method, a.steps, a.batch_size, a.image_size, out=a.out)
     if a.what == "serve":
         from vlm3_nb.serve import bench_serve_cmd
         return bench_serve_cmd(a.url, a.token, a.n or 200, a.concurrency, a.model, a.adapter, a.config, a.route, a.max_tokens, out=a.out)
     if a.what == "validate":
         import json
-        from vlm3_nb.data import bench_validate
-        r = bench_validate(a.n or 12410); print(json.dumps(r, indent=1)); return 0
-    if a.what == "generate": return bench_generate_cmd(out=a.out)
-    if a.what == "demo": return bench_demo_cmd(out=a.out)
-    if a.what == "packing":
-        from vlm3_nb.packing import bench_packing_cmd
-        return bench_packing_cmd(out=a.out)
+        r = bench.bench_validate(a.n or 12410); print(json.dumps(r, indent=1)); return 0
+    if a.what == "generate": return bench.bench_generate_cmd(out=a.out)
+    if a.what == "demo": return bench.bench_demo_cmd(out=a.out)
+    if a.what == "packing": return bench.bench_packing_cmd(out=a.out)
 
 def _eval(a):
     from vlm3_nb.evaluate import eval_cmd
@@ -77,103 +74,6 @@ def _compare(a):
 
 def _demo(a):
     run_demo(a.out, a.reports, pages=a.pages, seed=a.seed, overrides=a.overrides)
-
-# %% ../nbs/12_cli.ipynb #278e350c
-def demo_config(out="runs/demo", *overrides):
-    "The `demo_tiny` config pointed at the demo's own folder."
-    out = Path(out); man = out / "manual"
-    return load_config("demo_tiny", {"base_model": str(out / "model-tiny"), "output_dir": str(out / "train"),
-        "data.train_file": str(man / "vlm_train.jsonl"), "data.val_file": str(man / "vlm_val.jsonl"),
-        "data.images_root": str(man), "data.probes_file": str(man / "manual_probes.json"),
-        **{k: v for k, v in (o.split("=", 1) for o in overrides)}})
-
-# %% ../nbs/12_cli.ipynb #57b820ff
-def _step(i, n, msg): print(f"\n[{i}/{n}] {msg}", flush=True)
-
-def _reclaim(folder, marker):
-    "The demo owns its folder: a part of it from an older layout (no marker) is removed, so the demo can overwrite it."
-    import shutil
-    if Path(folder).is_dir() and not (Path(folder) / marker).is_file(): shutil.rmtree(folder)
-
-def run_demo(out="runs/demo", # working folder: manual, model, runs, evals
-             reports="reports/demo", # where the HTML reports and compare.json go
-             pages=24, seed=0, overrides=()) -> dict:
-    "The whole loop on the embedded default: data -> tiny model -> baseline eval -> train -> eval -> compare."
-    import shutil
-    from vlm3_nb.synth import synthesize
-    from vlm3_nb.data import validate_file, prepare_datasets
-    from vlm3_nb.models import build_tiny, TINY_MARK
-    from vlm3_nb.train import train
-    from vlm3_nb.evaluate import evaluate
-    from vlm3_nb.report import report_cmd, compare_cmd
-    import torch
-    torch.set_num_threads(1)  # the tiny model gains nothing from threads; on a shared 2-core machine they cost up to 9x
-    out, reports, t0, N = Path(out), Path(reports), time.time(), 7
-    cfg = demo_config(out, *overrides); man = Path(cfg.data.images_root)
-    _step(1, N, f"synthesizing a {pages}-page service manual -> {man}")
-    _reclaim(man, "synth.json"); synthesize(man, pages=pages, seed=seed, overwrite=True)
-    for f in (cfg.data.train_file, cfg.data.val_file):
-        rep = validate_file(f, images_root=man)
-        print(f"      {Path(f).name}: {rep.summary().splitlines()[-1]}")
-        if not rep.ok: raise Vlm3Error(f"{f}: synthesized data failed validation:\n{rep.summary()}")
-    _step(2, N, "preparing the Hugging Face datasets")
-    prepare_datasets(cfg.data.train_file, cfg.data.val_file, man, out / "dataset")
-    _step(3, N, f"building the tiny Qwen2-VL -> {cfg.base_model}")
-    _reclaim(cfg.base_model, TINY_MARK); build_tiny(cfg.base_model, size="tiny", seed=seed, overwrite=True)
-    ev = dict(data=cfg.data.val_file, images_root=man, probes=cfg.data.probes_file, cfg=cfg)
-    _step(4, N, "baseline eval (the unmodified base model, before any fine-tuning)")
-    base = evaluate(cfg.base_model, out=out / "eval-baseline", **ev)
-    _step(5, N, "LoRA fine-tuning")
-    if Path(cfg.output_dir).exists(): shutil.rmtree(cfg.output_dir)  # the demo's own run folder: start clean
-    run = train(cfg)
-    _step(6, N, "eval of the fine-tuned model (same harness, same cases)")
-    ft = evaluate(cfg.base_model, adapter=run / "adapter", out=out / "eval-finetuned", **ev)
-    _step(7, N, f"reports -> {reports}")
-    report_cmd(out / "eval-baseline", reports / "baseline")
-    report_cmd(out / "eval-finetuned", reports / "finetuned")
-    compare_cmd(out / "eval-baseline", out / "eval-finetuned", reports)
-    secs = round(time.time() - t0, 1)
-    res = dict(seconds=secs, manual=str(man), model=cfg.base_model, run=str(run), reports=str(reports),
-               baseline=str(out / "eval-baseline"), finetuned=str(out / "eval-finetuned"),
-               compare=str(reports / "compare.json"), baseline_metrics=base["metrics"], finetuned_metrics=ft["metrics"])
-    print(f"\nDemo finished in {secs} s. Open:")
-    for k in ("baseline", "finetuned"): print(f"  {reports / k / 'eval_report.html'}")
-    print(f"  {reports / 'compare.html'}  (and compare.json)")
-    return res
-
-# %% ../nbs/12_cli.ipynb #d86f8979
-def _bench_env() -> dict:
-    import platform
-    return dict(device=f"cpu ({os.cpu_count()} cores, {platform.machine()})", load_avg_1m=round(os.getloadavg()[0], 2),
-                date=time.strftime("%Y-%m-%d"))
-
-def _write_bench(r, out, name):
-    import json
-    p = Path(out) / name; p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(json.dumps(r, indent=1)); print(json.dumps(r, indent=1)); print(f"wrote {p}")
-
-def bench_generate_cmd(out="reports/bench", n=30, max_new_tokens=128, batch_size=16, repeats=3) -> int:
-    "Batched vs one-at-a-time greedy generation with the tiny model on the synthetic manual, as a ratio from one run."
-    import tempfile
-    from vlm3_nb.synth import synthesize
-    from vlm3_nb.models import build_tiny
-    from vlm3_nb.infer import load_for_inference, bench_generate
-    from vlm3_nb.data import read_records
-    with tempfile.TemporaryDirectory() as d:
-        cfg = demo_config(d, f"generation.max_new_tokens={max_new_tokens}", f"generation.batch_size={batch_size}")
-        synthesize(cfg.data.images_root, pages=8, seed=0); build_tiny(cfg.base_model, size="tiny")
-        model, proc, _ = load_for_inference(cfg.base_model, cfg=cfg)
-        r = bench_generate(model, proc, read_records(cfg.data.train_file)[:n], cfg, repeats=repeats, threads=1)
-    _write_bench({"model": "tiny", **r, **_bench_env()}, out, "generate-cpu.json")
-    return 0
-
-def bench_demo_cmd(out="reports/bench") -> int:
-    "Wall time of the whole demo loop in a fresh folder (what `make demo` runs after setup)."
-    import tempfile
-    with tempfile.TemporaryDirectory() as d:
-        t0 = time.time(); run_demo(Path(d) / "demo", Path(d) / "reports"); secs = time.time() - t0
-    _write_bench({**_bench_env(), "demo_wall_s": round(secs, 1)}, out, "demo-cpu.json")
-    return 0
 
 # %% ../nbs/12_cli.ipynb #687d9e71
 def build_parser() -> argparse.ArgumentParser:
@@ -205,8 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=_build_tiny)
     s = sub.add_parser("preflight", help="token counts, padding waste, steps, GPU memory/hours/$ before paying for a GPU")
     s.add_argument("--config", required=True); s.add_argument("overrides", nargs="*", metavar="key=value")
+    s.add_argument("--gpus", type=int, default=1, help="GPUs the run will use (processes under torchrun): memory per GPU, hours and $ for them")
     s.set_defaults(fn=_preflight)
-    s = sub.add_parser("train", help="LoRA/QLoRA fine-tuning with checkpoints, resume, JSONL logs, manifest")
+    s = sub.add_parser("train", help="LoRA/QLoRA or full-weight training by stage, on one device or under torchrun (DDP/FSDP); checkpoints, resume, JSONL logs, manifest")
     s.add_argument("--config", default=None, help="YAML path or shipped config name (demo_tiny, lora_qwen2vl); with --resume the run's own config.yaml is used")
     s.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides, e.g. training.max_steps=20")
     s.add_argument("--max-samples", type=int, default=None); s.add_argument("--resume", action="store_true")

@@ -18,8 +18,7 @@ __all__ = ['CONTENT_TYPES', 'ROLES', 'IMAGE_TOKEN', 'LLAVA_ROLES', 'COT_TAGS', '
            'check_cot_tags', 'is_structured', 'extract_conclusion', 'to_messages', 'from_messages', 'load_items',
            'detect_format', 'check_image_path', 'near_type', 'check_record', 'check_image', 'Valid', 'Rejected',
            'ValidationReport', 'validate_file', 'read_records', 'quarantine', 'validate_cmd', 'DupReport',
-           'near_duplicates', 'dataset_features', 'to_row', 'push_dataset', 'prepare_datasets', 'prepare_cmd',
-           'bench_validate']
+           'near_duplicates', 'dataset_features', 'to_row', 'push_dataset', 'prepare_datasets', 'prepare_cmd']
 
 # %% ../nbs/01_data.ipynb #108df63d
 CONTENT_TYPES = ["specification", "procedure", "diagram", "text"]  # the pipeline's content types; extend here for new ones
@@ -665,43 +664,3 @@ def prepare_cmd(train, val, images_root, out, push_to_hub=None, content_types=No
     if isinstance(content_types, str): content_types = [t.strip() for t in content_types.split(",") if t.strip()]
     prepare_datasets(train, val, images_root, out, push_to_hub=push_to_hub, content_types=content_types, image_limits=image_limits)
     return 0
-
-# %% ../nbs/01_data.ipynb #e0365315
-def _bench_set(out: Path, n_records, qa_per_page):
-    "A pipeline JSONL of `n_records` with one real ~850x1100 JPEG page per `qa_per_page` records."
-    from PIL import ImageDraw
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    n_pages, rows = -(-n_records // qa_per_page), []
-    for p in range(n_pages):
-        img = Image.new("RGB", (850, 1100), "white"); dr = ImageDraw.Draw(img)
-        for y in range(40, 1060, 18): dr.text((40, y), f"21 Clutch  page {p}  line {y}: tighten bolt M{8 + y % 6} to {20 + (p * y) % 80} Nm", fill="black")
-        dr.rectangle((500, 600, 800, 900), outline="black", width=3)
-        img.save(out / "images" / f"p{p:05d}.jpg", quality=85)
-    for i in range(n_records):
-        p = i // qa_per_page
-        rows.append({"id": f"p{p}-q{i % qa_per_page}", "image": f"images/p{p:05d}.jpg",
-                     "conversations": [{"role": "user", "content": f"What is the torque on page {p}, item {i}?"}, {"role": "assistant", "content": f"{20 + i % 80} Nm"}],
-                     "metadata": {"content_type": CONTENT_TYPES[i % 4], "section": "21 Clutch", "page": p}})
-    return [write_jsonl(rows, out / "vlm_train.jsonl")]
-
-def bench_validate(n_records=12410, qa_per_page=12, out=None, use_synth=None) -> dict:
-    "Time `validate_file` (images included) on `n_records` records with one JPEG page per `qa_per_page`; `use_synth=None` uses the synthetic manual when it exists."
-    import tempfile, importlib
-    out = Path(out or tempfile.mkdtemp(prefix="vlm3_bench_"))
-    synth = None
-    if use_synth is not False:
-        try: synth = importlib.import_module("vlm3_nb.synth").synthesize
-        except (ImportError, AttributeError):
-            if use_synth: raise Vlm3Error("vlm3_nb.synth.synthesize is not available; run with use_synth=None to generate pages")
-    if synth is not None:
-        synth(out, pages=-(-n_records // qa_per_page), qa_per_page=qa_per_page, seed=0)
-        files, source = [out / "vlm_train.jsonl", out / "vlm_val.jsonl"], "vlm3_nb.synth.synthesize"
-    else: files, source = _bench_set(out, n_records, qa_per_page), "generated"
-    t0, cache, n, ok = time.perf_counter(), {}, 0, True
-    for f in files:
-        rep = validate_file(f, images_root=out, cache=cache); n += rep.n; ok &= rep.ok
-    secs = time.perf_counter() - t0
-    res = {"records": n, "pages": len(cache), "seconds": round(secs, 2), "records_per_s": round(n / secs), "all_valid": ok,
-           "cpus": os.cpu_count(), "source": source, "dir": str(out)}
-    print(f"validated {n} records ({len(cache)} page images, {source}) in {secs:.1f} s: {n / secs:,.0f} records/s on {os.cpu_count()} CPUs")
-    return res

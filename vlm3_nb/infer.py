@@ -15,6 +15,7 @@ from .core import (Vlm3Error, Config, file_sha256, text_sha256, load_config, con
                           validate_config, to_dict)
 from .data import Record, COT_TAGS
 from .collate import Collator, as_messages
+from .families import get_family
 
 # %% auto #0
 __all__ = ['VARIANTS', 'MODES', 'NOTES_PROMPT', 'ANSWER_PROMPT', 'BEAM', 'load_for_inference', 'ConfigSource', 'adapter_run_dir',
@@ -71,6 +72,8 @@ def run_config(model, # base or merged model folder (or hub id)
         cfg, src = load_config(p, check=False), ConfigSource(f"the adapter's training run config {p}", "run", p)
     elif (p := Path(str(model)).expanduser() / "config.yaml").is_file() and _vlm3_yaml(p):
         cfg, src = load_config(p, check=False), ConfigSource(f"the model folder's run config {p}", "model", p)
+    elif Path(str(model)).expanduser().name == "model" and (p := Path(str(model)).expanduser().parent / "config.yaml").is_file() and _vlm3_yaml(p):
+        cfg, src = load_config(p, check=False), ConfigSource(f"the trained model's run config {p}", "run", p)  # runs/<id>/model of a full-weight stage
     else: cfg, src = Config(), ConfigSource("the seed defaults" + (f" (no vlm3 config.yaml in the adapter's run folder {adapter_run_dir(adapter)})" if adapter else ""), "seed")
     ov = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
     for k, v in ov.items(): set_key(cfg, k, v, where="override: ")
@@ -184,13 +187,14 @@ def _gen_scratchpad(model, processor, records, cfg, variant="page"):
               for a, b, x, y in zip(notes, ans, n1, n2)]
     return ans, [x + y for x, y in zip(n1, n2)], extras
 
-def _stage_inputs(enc, ids):
-    "One generation input: the encoded prompt followed by the token ids of the trace so far."
+def _stage_inputs(enc, ids, fam):
+    "One generation input: the encoded prompt followed by the token ids of the trace so far (the family's per-token keys extended as text)."
     pre = torch.tensor(ids, dtype=enc["input_ids"].dtype)
     b = {"input_ids": torch.cat([enc["input_ids"], pre])[None]}
     b["attention_mask"] = torch.ones_like(b["input_ids"])
-    if "mm_token_type_ids" in enc: b["mm_token_type_ids"] = torch.cat([enc["mm_token_type_ids"], torch.zeros(len(ids), dtype=enc["mm_token_type_ids"].dtype)])[None]
-    for key in ("pixel_values", "image_grid_thw"):
+    for key in fam.token_keys:
+        if key not in b and key in enc: b[key] = torch.cat([enc[key], torch.zeros(len(ids), dtype=enc[key].dtype)])[None]
+    for key in fam.image_keys:
         if key in enc: b[key] = enc[key]
     return b
 
@@ -223,7 +227,7 @@ def _gen_stage_beam(model, processor, records, cfg, variant="page", k=BEAM):
         trace, stages, t0 = "", [], time.perf_counter()
         for tag in COT_TAGS:
             head = trace + f"<{tag}>"
-            b = {key: v.to(dev) for key, v in _stage_inputs(enc, processor.tokenizer.encode(head, add_special_tokens=False)).items()}
+            b = {key: v.to(dev) for key, v in _stage_inputs(enc, processor.tokenizer.encode(head, add_special_tokens=False), get_family(cfg)).items()}
             cands = _stage(model, processor, b, tag, cfg, int(text_sha256(f"{r.id}:{tag}")[:8], 16), k)
             best = max(range(k), key=lambda j: -1e9 if cands[j]["mean_logprob"] is None else cands[j]["mean_logprob"])
             stages.append(dict(tag=tag, chosen=best, candidates=cands))

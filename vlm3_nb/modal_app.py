@@ -5,12 +5,13 @@
 # %% auto #0
 __all__ = ['APP_NAME', 'VOLUME_NAME', 'VOL', 'TRAIN_GPU', 'EVAL_GPU', 'SERVE_GPU', 'SERVE_MODEL', 'SERVE_ADAPTER', 'SERVE_CONFIG',
            'image', 'volume', 'hf_secret', 'app', 'SEED_ARGS', 'requirements', 'volume_dir', 'commit', 'row_to_record',
-           'materialize_dataset', 'resume_state', 'config_from_dict', 'train_job', 'train', 'make_shards',
-           'predict_shard_job', 'predict_shard', 'modal_token_configured', 'require_modal_token', 'predict_on_modal',
-           'VLM3Model', 'main', 'train_on_modal', 'fetch_run']
+           'materialize_dataset', 'resume_state', 'gpu_count', 'torchrun_command', 'train_multi_gpu',
+           'config_from_dict', 'train_job', 'train', 'make_shards', 'predict_shard_job', 'predict_shard',
+           'modal_token_configured', 'require_modal_token', 'predict_on_modal', 'VLM3Model', 'main', 'train_on_modal',
+           'fetch_run']
 
 # %% ../nbs/11_cloud.ipynb #501cf724
-import hashlib, inspect, json, os, re, shutil, tempfile, threading, time
+import hashlib, inspect, json, os, re, shutil, sys, tempfile, threading, time
 from pathlib import Path
 import modal
 import vlm3_nb.core as core  # absolute on purpose: `modal run vlm3_nb/modal_app.py` imports this file as a top-level module
@@ -27,7 +28,7 @@ def requirements(pyproject=None) -> list:
 
 # %% ../nbs/11_cloud.ipynb #3f032e64
 APP_NAME, VOLUME_NAME, VOL = "vlm3", "vlm3-checkpoints", "/checkpoints"
-TRAIN_GPU = os.environ.get("VLM3_GPU", "A100-80GB")  # A100-80GB | H100 | ...
+TRAIN_GPU = os.environ.get("VLM3_GPU", "A100-80GB")  # A100-80GB | H100 | H100:8 (8 GPUs: training runs under torchrun)
 EVAL_GPU = os.environ.get("VLM3_EVAL_GPU", "A10G")
 SERVE_GPU = os.environ.get("VLM3_SERVE_GPU", "A10G")
 SERVE_MODEL = os.environ.get("VLM3_SERVE_MODEL", "Qwen/Qwen2-VL-7B-Instruct")  # hub id or a folder on the Volume
@@ -121,12 +122,41 @@ def resume_state(run) -> str:
     return "resume" if complete_checkpoints(run / "checkpoints") else "fresh"
 
 # %% ../nbs/11_cloud.ipynb #8934753d
-def _commit_callback(fn):
-    from transformers import TrainerCallback
-    class CommitOnSave(TrainerCallback):
-        "Commit the Volume after each checkpoint (runs after train's own on_save, which marks it COMPLETE)."
-        def on_save(self, args, state, control, **kw): fn()
-    return CommitOnSave()
+class _CommitOnSave:
+    "Commit the Volume after each checkpoint (train calls on_save after the checkpoint is marked COMPLETE)."
+    def __init__(self, fn): self.fn = fn
+    def on_save(self, step, path): self.fn()
+
+def _commit_callback(fn): return _CommitOnSave(fn)
+
+def gpu_count(spec) -> int:
+    "GPUs in a Modal GPU spec: 'H100:8' -> 8, 'A100-80GB' -> 1."
+    m = re.fullmatch(r"[^:]+:(\d+)", str(spec or "").strip())
+    return int(m.group(1)) if m else 1
+
+def torchrun_command(n, # processes (GPUs)
+                     config_path, run, resume=False, push_to_hub=None) -> list:
+    "The `torchrun ... -m vlm3_nb train` command line for `n` processes on this machine."
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc-per-node", str(n), "-m", "vlm3_nb", "train"]
+    cmd += ["--resume", f"output_dir={run}"] if resume else ["--config", str(config_path)]
+    return cmd + (["--push-to-hub", push_to_hub] if push_to_hub else [])
+
+def train_multi_gpu(cfg, n, run, resume=False, push_to_hub=None, on_checkpoint=None, poll_s=30.0):
+    "Run training under torchrun with `n` processes; `on_checkpoint()` whenever a new complete checkpoint appears."
+    import subprocess, threading
+    from vlm3_nb.train import complete_checkpoints
+    run = Path(run); run.mkdir(parents=True, exist_ok=True)
+    cp = run.parent / f"{run.name}.launch.yaml"; core.save_config(cfg, cp)
+    stop, seen = threading.Event(), [len(complete_checkpoints(run / "checkpoints"))]
+    def watch():
+        while not stop.wait(poll_s):
+            k = len(complete_checkpoints(run / "checkpoints"))
+            if k != seen[0] and on_checkpoint: seen[0] = k; on_checkpoint()
+    th = threading.Thread(target=watch, daemon=True); th.start()
+    try: rc = subprocess.run(torchrun_command(n, cp, run, resume, push_to_hub)).returncode
+    finally: stop.set(); th.join()
+    if rc: raise core.Vlm3Error(f"torchrun with {n} processes exited with status {rc}; the log above says why (rank zero's), "
+                                f"and the next attempt resumes from the last complete checkpoint in {run}")
 
 # %% ../nbs/11_cloud.ipynb #b56a7785
 def config_from_dict(d) -> core.Config:
@@ -163,7 +193,9 @@ def train_job(dataset_id, # Hub dataset id, or a folder on the Volume
     state = resume_state(run)
     commit()
     if state != "done":
-        train(cfg, resume=state == "resume", push_to_hub=repo, callbacks=[_commit_callback(commit)])
+        n = gpu_count(os.environ.get("VLM3_GPU", TRAIN_GPU))
+        if n > 1: train_multi_gpu(cfg, n, run, resume=state == "resume", push_to_hub=repo, on_checkpoint=commit)
+        else: train(cfg, resume=state == "resume", push_to_hub=repo, callbacks=[_commit_callback(commit)])
         commit()
     man = json.loads((run / "manifest.json").read_text())
     if repo and not man.get("pushed_to"):

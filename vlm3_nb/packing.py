@@ -15,9 +15,9 @@ from .data import record_id
 from .models import get_family
 
 # %% auto #0
-__all__ = ['PACKING_MODES', 'QWEN2_VL_7B', 'packing_mode', 'page_of', 'Pack', 'pack_records', 'encode_pack', 'segment_mask',
-           'pad_packs', 'check_attention', 'PageCollator', 'nll_sum', 'native_precision_norms', 'train_items',
-           'make_collator', 'pack_stats', 'eval_loss', 'bench_packing']
+__all__ = ['PACKING_MODES', 'packing_mode', 'page_of', 'Pack', 'pack_records', 'encode_pack', 'segment_mask', 'pad_packs',
+           'check_attention', 'PageCollator', 'nll_sum', 'native_precision_norms', 'train_items', 'make_collator',
+           'pack_stats', 'eval_loss']
 
 # %% ../nbs/04a_packing.ipynb #e839097a
 PACKING_MODES = ("none", "page")
@@ -186,7 +186,7 @@ def native_precision_norms(model):
 def train_items(records, # the training records
                 processor, # the model's processor
                 cfg) -> list: # Config: training.packing, data.*
-    "What the Trainer samples for `cfg.training.packing`: the records themselves (none) or their page packs (page)."
+    "What the training loop samples for `cfg.training.packing`: the records themselves (none) or their page packs (page)."
     return pack_records(records, processor, cfg) if packing_mode(cfg) == "page" else list(records)
 
 def make_collator(processor, # the model's processor
@@ -219,23 +219,6 @@ def pack_stats(records, # the training records
             "vision_forward_saving": ratio("vision_forwards"), "attention_score_saving": ratio("attention_scores")}
 
 # %% ../nbs/04a_packing.ipynb #97cbf1a1
-QWEN2_VL_7B = dict(text_config=dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
-                                    num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False,
-                                    rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]}),
-                   vision_config=dict(depth=32, embed_dim=1280, hidden_size=3584, num_heads=16, mlp_ratio=4), tie_word_embeddings=False)
-
-def _device_name(device) -> str:
-    import platform
-    if str(device).startswith("cuda"): return torch.cuda.get_device_name(0)
-    return f"cpu ({torch.get_num_threads()} threads, {platform.machine()}, {os.cpu_count()} cores)"
-
-def _version(name):
-    from importlib.metadata import version, PackageNotFoundError
-    try: return version(name)
-    except PackageNotFoundError: return None
-
-def _slug(s): return re.sub(r"[^a-z0-9]+", "-", s.lower()).strip("-")
-
 @torch.no_grad()
 def eval_loss(model, records, processor, cfg, batch_size=4) -> float:
     "Token-weighted mean next-token NLL over `records`, unpacked (the same quantity whatever the training mode)."
@@ -246,118 +229,3 @@ def eval_loss(model, records, processor, cfg, batch_size=4) -> float:
         ls, c = nll_sum(model(**b).logits.float(), b["labels"]); s += ls.item(); n += c
     model.train(was)
     return s / n
-
-def _bench_model(size, cfg, tmp, device, seed):
-    "A LoRA-wrapped model of `size` (tiny/small build, or Qwen2-VL-7B's architecture with random weights) and its processor."
-    from vlm3_nb.models import build_tiny, load_base, apply_lora, train_tokenizer, make_processor
-    if size in ("tiny", "small"):
-        if not cfg.base_model.startswith(str(tmp)): cfg.base_model = str(build_tiny(Path(tmp) / "model", size, seed))
-        torch.manual_seed(seed); model, proc = load_base(cfg, device)
-    elif size == "7b":
-        if not str(device).startswith("cuda"): raise Vlm3Error("bench_packing size '7b' needs a GPU: Qwen2-VL-7B's architecture is 8.3 B parameters")
-        from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
-        from vlm3_nb.synth import corpus_text
-        tok = train_tokenizer(corpus_text(pages=20, seed=0)); tid = tok.convert_tokens_to_ids
-        mc = Qwen2VLConfig(**QWEN2_VL_7B, image_token_id=tid("<|image_pad|>"), video_token_id=tid("<|video_pad|>"),
-                           vision_start_token_id=tid("<|vision_start|>"), vision_end_token_id=tid("<|vision_end|>"))
-        proc = make_processor(tok, cfg.data.min_pixels, cfg.data.max_pixels)
-        torch.manual_seed(seed)
-        with torch.device(device): model = Qwen2VLForConditionalGeneration._from_config(mc, dtype=torch.bfloat16, attn_implementation="sdpa")
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    else: raise Vlm3Error(f"bench_packing size {size!r}: choose tiny, small or 7b")
-    torch.manual_seed(seed)
-    return apply_lora(model, cfg), proc
-
-# %% ../nbs/04a_packing.ipynb #004ff96b
-def _summary(xs) -> dict:
-    return {"mean": statistics.fmean(xs), "sd": statistics.stdev(xs) if len(xs) > 1 else None, "all": xs}
-
-def bench_packing(size="small", # tiny | small (models.build_tiny) | 7b (Qwen2-VL-7B's architecture, random weights; GPU only)
-                  pages=12, # synthetic manual pages; val_frac of them are held out for the eval loss
-                  qa_per_page=12, # Q&A pairs per page (the seed's data averages ~12)
-                  epochs=1, # epochs of training in each run
-                  max_pixels=256 * 28 * 28, # pixel budget per page (256 visual tokens; the seed's 1280*28*28 is ~1,200 for a manual page)
-                  lr=1e-3, # AdamW learning rate, constant, the same in every run
-                  val_frac=0.25, # fraction of pages held out
-                  seed=0, # data, weights and LoRA init; data order k uses seed + k
-                  orders=3, # runs per mode, each with another data order: their spread is the noise the eval-loss gap is judged against
-                  threads=1, # CPU threads (one is the steadiest on a shared machine); ignored on a GPU
-                  out="reports/bench") -> dict: # folder for packing-<device>.json; None = write nothing
-    "Train LoRA unpacked and page-packed on the same synthetic manual in one process, steps interleaved; compare tokens, vision forwards, time and eval loss."
-    import tempfile, random
-    from vlm3_nb.core import load_config
-    from vlm3_nb.data import read_records
-    from vlm3_nb.models import default_device
-    from vlm3_nb.synth import synthesize
-    device, t_start = default_device(), time.perf_counter()
-    cuda, threads0 = device.startswith("cuda"), torch.get_num_threads()
-    if not cuda and threads: torch.set_num_threads(threads)
-    with tempfile.TemporaryDirectory() as tmp:
-        man = synthesize(Path(tmp) / "manual", pages=pages, seed=seed, qa_per_page=qa_per_page, val_frac=val_frac)
-        cfg = load_config("lora_qwen2vl", {"data.images_root": man["out"], "data.max_pixels": max_pixels, "training.learning_rate": lr,
-                                           "quantization.load_in_4bit": False, "base_model": "none"})
-        if size != "7b": cfg.lora.r, cfg.lora.alpha = 8, 16  # the tiny builds are 64 / 512 wide
-        train, val = read_records(man["paths"]["train"]), read_records(man["paths"]["val"])
-        if not val: raise Vlm3Error(f"bench_packing: pages={pages}, val_frac={val_frac} holds out no page for the eval loss; raise either")
-        runs = [dict(packing=m, order=seed + k) for k in range(orders) for m in PACKING_MODES]
-        for r in runs:
-            r["model"], proc = _bench_model(size, cfg, tmp, device, seed); r["model"].train()
-            r["opt"] = torch.optim.AdamW([p for p in r["model"].parameters() if p.requires_grad], lr=lr)
-        base = eval_loss(runs[0]["model"], val, proc, cfg)
-        stats, packs = pack_stats(train, proc, cfg), pack_records(train, proc, cfg)
-        per_step = max(1, round(len(train) / len(packs)))  # the same questions per optimizer step in every run
-        amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
-        for r in runs:
-            page = r["packing"] == "page"; items, bs, r["batches"] = list(packs if page else train), 1 if page else per_step, []
-            for ep in range(epochs):
-                random.Random(r["order"] * 1000 + ep).shuffle(items)
-                r["batches"] += [items[i:i + bs] for i in range(0, len(items), bs)]
-            r.update(col=PageCollator(proc, cfg, r["model"]) if page else Collator(proc, cfg), t_col=[], t_step=[], losses=[],
-                     padded=0, tokens=0, vision=0, samples_per_step=bs)
-        for i in range(max(len(r["batches"]) for r in runs)):  # interleaved: load changes hit every run alike
-            for r in runs:
-                if i >= len(r["batches"]): continue
-                t0 = time.perf_counter()
-                b = {k: v.to(device) for k, v in r["col"](r["batches"][i]).items() if torch.is_tensor(v)}
-                t1 = time.perf_counter()
-                with amp: loss = r["model"](**b).loss
-                loss.backward(); r["opt"].step(); r["opt"].zero_grad(set_to_none=True)
-                if cuda: torch.cuda.synchronize()
-                r["t_col"].append(t1 - t0); r["t_step"].append(time.perf_counter() - t1); r["losses"].append(loss.item())
-                r["padded"] += b["input_ids"].numel(); r["vision"] += len(b["image_grid_thw"])
-                m = b["attention_mask"]
-                r["tokens"] += int(m.diagonal(dim1=-2, dim2=-1).sum() if m.ndim == 4 else m.sum())
-        for r in runs: r["eval_loss"] = eval_loss(r["model"], val, proc, cfg)
-        peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
-    name = _device_name(device); torch.set_num_threads(threads0)
-    res = {}
-    for mode in PACKING_MODES:
-        rs = [r for r in runs if r["packing"] == mode]
-        res[mode] = dict(runs=len(rs), steps=len(rs[0]["batches"]), samples_per_step=rs[0]["samples_per_step"], lm_tokens=rs[0]["tokens"],
-                         lm_tokens_padded=statistics.fmean(r["padded"] for r in rs), vision_forwards=rs[0]["vision"],
-                         s_per_step=statistics.median(t for r in rs for t in r["t_step"]),
-                         s_collate_per_step=statistics.median(t for r in rs for t in r["t_col"]),
-                         wall_s_per_epoch=statistics.fmean(sum(r["t_step"]) + sum(r["t_col"]) for r in rs) / epochs,
-                         step_s=[[round(t, 3) for t in r["t_step"]] for r in rs], collate_s=[[round(t, 3) for t in r["t_col"]] for r in rs],
-                         train_loss_first=_summary([r["losses"][0] for r in rs]), train_loss_last=_summary([r["losses"][-1] for r in rs]),
-                         eval_loss=_summary([r["eval_loss"] for r in rs]))
-    n, p = res["none"], res["page"]
-    sds = [x["eval_loss"]["sd"] for x in (n, p) if x["eval_loss"]["sd"] is not None]
-    d = dict(device=name, size=size, pages=pages, qa_per_page=qa_per_page, train_pairs=len(train), val_pairs=len(val),
-             train_pages=man["train_pages"], val_pages=man["val_pages"], epochs=epochs, orders=orders, max_pixels=max_pixels,
-             max_length=cfg.data.max_length, lr=lr, lora=dict(r=cfg.lora.r, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout), seed=seed,
-             dtype="bf16" if cuda else "fp32", pack_stats=stats, eval_loss_before=base, modes=res,
-             lm_token_ratio=n["lm_tokens"] / p["lm_tokens"], lm_token_ratio_padded=n["lm_tokens_padded"] / p["lm_tokens_padded"],
-             vision_forward_ratio=n["vision_forwards"] / p["vision_forwards"], step_time_ratio=n["s_per_step"] / p["s_per_step"],
-             step_time_ratio_paired=statistics.median(a / b for rn, rp in zip(runs[::2], runs[1::2]) for a, b in zip(rn["t_step"], rp["t_step"])),
-             wall_time_ratio=n["wall_s_per_epoch"] / p["wall_s_per_epoch"],
-             wall_time_ratio_median=(n["s_per_step"] + n["s_collate_per_step"]) * n["steps"] / ((p["s_per_step"] + p["s_collate_per_step"]) * p["steps"]),
-             eval_loss_gap=p["eval_loss"]["mean"] - n["eval_loss"]["mean"],
-             eval_loss_sd=math.sqrt(statistics.fmean(s * s for s in sds)) if sds else None, peak_mem_gb=peak,
-             total_s=time.perf_counter() - t_start, versions={k: _version(k) for k in ("torch", "transformers", "peft")},
-             date=time.strftime("%Y-%m-%d"))
-    if out:
-        path = Path(out) / f"packing-{_slug(d['device']) if cuda else 'cpu'}{'' if size == 'small' else '-' + size}.json"
-        path.parent.mkdir(parents=True, exist_ok=True); path.write_text(json.dumps(d, indent=2) + "\n", encoding="utf-8")
-        d["path"] = str(path)
-    return d

@@ -641,7 +641,7 @@ def run_reasoning_demo(out="runs/demo-reasoning", # working folder: manual, mode
                        n_boot=2000, progress=False) -> dict:
     "The four-way reasoning experiment on the embedded default: llava-cot synth -> tiny model -> train -> 4 QA + 4 caption evals -> report."
     import torch
-    from vlm3_nb.cli import demo_config
+    from vlm3_nb.demo import demo_config
     from vlm3_nb.synth import synthesize
     from vlm3_nb.data import validate_file, read_records
     from vlm3_nb.models import build_tiny
@@ -652,16 +652,16 @@ def run_reasoning_demo(out="runs/demo-reasoning", # working folder: manual, mode
     out, reports, t0, N = Path(out), Path(reports), time.time(), 6
     cfg = demo_config(out, *DEMO_OVERRIDES, *overrides); man = Path(cfg.data.images_root)
     _step(1, N, f"synthesizing a {pages}-page manual with LLaVA-CoT style answers -> {man}")
-    from vlm3_nb.cli import _reclaim
+    from vlm3_nb.demo import reclaim
     from vlm3_nb.models import TINY_MARK
-    _reclaim(man, "synth.json"); s = synthesize(man, pages=pages, seed=seed, style="llava-cot", overwrite=True)
+    reclaim(man, "synth.json"); s = synthesize(man, pages=pages, seed=seed, style="llava-cot", overwrite=True)
     for f in (cfg.data.train_file, cfg.data.val_file):
         rep = validate_file(f, images_root=man)
         bad = [(r.id, p) for r in rep.records for t in r.turns if t["role"] == "assistant" and (p := check_cot_tags(t["content"]))]
         print(f"      {Path(f).name}: {rep.count_line()}; {len(bad)} answers fail the LLaVA-CoT tag check")
         if not rep.ok or bad: raise Vlm3Error(f"{f}: synthesized data failed validation:\n{rep.summary()}\n{bad[:5]}")
     _step(2, N, f"building the tiny Qwen2-VL -> {cfg.base_model}")
-    _reclaim(cfg.base_model, TINY_MARK); build_tiny(cfg.base_model, size="tiny", seed=seed, overwrite=True)
+    reclaim(cfg.base_model, TINY_MARK); build_tiny(cfg.base_model, size="tiny", seed=seed, overwrite=True)
     _step(3, N, "LoRA fine-tuning on the structured answers")
     if Path(cfg.output_dir).exists(): shutil.rmtree(cfg.output_dir)
     run = train(cfg)
