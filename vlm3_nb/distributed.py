@@ -124,6 +124,7 @@ def optim_state(model, opt, d: Dist) -> dict:
     return osd if d.main else {}
 
 def load_optim_state(model, opt, osd):
-    "Load a full optimizer state (every process passes the same one)."
+    "Load a full optimizer state (every process passes the same one); a stateless optimizer's (plain SGD) has nothing to load."
+    if not osd.get("state"): return  # torch's loader needs at least one state tensor to find the device
     from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
     set_optimizer_state_dict(model, opt, osd, options=_opts(full_state_dict=True))
