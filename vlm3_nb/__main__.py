@@ -5,8 +5,8 @@
 # %% auto #0
 __all__ = []
 
-# %% ../nbs/12a_main.ipynb #45c5d9ad
+# %% ../nbs/12a_main.ipynb #1cbc0ef6
 import sys
 from .cli import main
 
-if __name__ == "__main__": sys.exit(main())
+if __name__ == "__main__" and "__file__" in globals(): sys.exit(main())  # `python -m vlm3_nb` (a notebook kernel has no __file__)
