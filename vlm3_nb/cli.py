@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse, os, sys, time
 from pathlib import Path
 from .core import Vlm3Error, load_config, config_path
-from .demo import demo_config, run_demo
 
 # %% auto #0
 __all__ = ['build_parser', 'main']
@@ -49,8 +48,7 @@ def _bench(a):
     from vlm3_nb import bench
     if a.what == "train": return bench.bench_cmd(a.size, a.method, a.steps, a.batch_size, a.image_size, out=a.out)
     if a.what == "serve":
-        from vlm3_nb.serve import bench_serve_cmd
-        return bench_serve_cmd(a.url, a.token, a.n or 200, a.concurrency, a.model, a.adapter, a.config, a.route, a.max_tokens, out=a.out)
+        return bench.bench_serve_cmd(a.url, a.token, a.n or 200, a.concurrency, a.model, a.adapter, a.config, a.route, a.max_tokens, out=a.out)
     if a.what == "validate":
         import json
         r = bench.bench_validate(a.n or 12410); print(json.dumps(r, indent=1)); return 0
@@ -73,6 +71,7 @@ def _compare(a):
     return compare_cmd(a.a, a.b, a.out, report=not a.no_report, n_boot=a.n_boot, seed=a.seed)
 
 def _demo(a):
+    from vlm3_nb.demo import run_demo
     run_demo(a.out, a.reports, pages=a.pages, seed=a.seed, overrides=a.overrides)
 
 # %% ../nbs/12_cli.ipynb #687d9e71

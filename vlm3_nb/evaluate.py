@@ -14,6 +14,7 @@ from .data import Record, read_records, check_cot_tags, extract_conclusion, is_s
 from .infer import predict, load_for_inference, run_config, answer_settings, adapter_run_dir
 from .metrics import (score_case, make_judge, judge_metrics, BudgetExceeded, JUDGE_KEYS, NumericExactMatch,
                              KeywordPresence, numeric_match, bleu4)
+from .models import model_fingerprint
 
 # %% auto #0
 __all__ = ['CATEGORY_TYPES', 'EMPTY_PROBES', 'PROBE_KEYS', 'GROUNDING_KEYS', 'ENV', 'Case', 'val_cases', 'read_probes', 'take',
@@ -416,7 +417,6 @@ def evaluate(model, # base or merged model folder (or hub id); the baseline is t
              backend="local", # 'local' | 'modal': where the predictions are generated (Modal GPUs, sharded with .map)
              overrides=None) -> EvalSummary: # dotted `key=value` strings applied on top of the config
     "Answer, score and summarize; writes results.jsonl, summary.json and config.yaml into `out`; returns the summary."
-    from vlm3_nb.models import model_fingerprint
     t0 = time.perf_counter()
     check_counts(max_samples, grounding, budget)
     if backend not in ("local", "modal"): raise Vlm3Error(f"--backend {backend!r}: use 'local' or 'modal'")

@@ -16,12 +16,13 @@ from .core import (Vlm3Error, Config, file_sha256, text_sha256, load_config, con
 from .data import Record, COT_TAGS
 from .collate import Collator, as_messages
 from .families import get_family
+from .models import load_base, load_adapter, merge_adapter, model_fingerprint
+from .collate import encode
 
 # %% auto #0
 __all__ = ['VARIANTS', 'MODES', 'NOTES_PROMPT', 'ANSWER_PROMPT', 'BEAM', 'load_for_inference', 'ConfigSource', 'adapter_run_dir',
            'run_config', 'gen_kwargs', 'page_items', 'generate_batch', 'scratchpad_record', 'settings_hash',
-           'input_hash', 'chat_template_sha', 'answer_settings', 'PredictionCache', 'Predictions', 'predict',
-           'bench_generate']
+           'input_hash', 'chat_template_sha', 'answer_settings', 'PredictionCache', 'Predictions', 'predict']
 
 # %% ../nbs/06_infer.ipynb #f83ceccc
 def load_for_inference(model_path, # base or merged model: local folder or hub id
@@ -30,7 +31,6 @@ def load_for_inference(model_path, # base or merged model: local folder or hub i
                        device=None, # 'cuda' | 'cpu'; None = CUDA when available
                        merge=False): # merge the adapter into the weights (faster generation; not on a 4-bit base)
     "Load a model for generation; returns `(model, processor, fingerprint)`."
-    from vlm3_nb.models import load_base, load_adapter, merge_adapter, model_fingerprint
     cfg = copy.deepcopy(cfg) if cfg is not None else Config()
     cfg.base_model = str(model_path)
     fp = model_fingerprint(model_path, adapter)
@@ -219,7 +219,6 @@ def _stage(model, processor, b, tag, cfg, seed, k):
 
 def _gen_stage_beam(model, processor, records, cfg, variant="page", k=BEAM):
     "Stage-level beam search, one record at a time: `(traces, total tokens, per-row extras with every candidate)`."
-    from vlm3_nb.collate import encode
     dev = getattr(model, "device", None) or next(model.parameters()).device
     texts, ntoks, extras = [], [], []
     for r, item in zip(records, page_items(records, cfg, variant)):
@@ -396,38 +395,3 @@ def predict(records, # Records to answer
             rows.update({x["id"]: dict(x, cached=False) for x in new}); bar.update(len(chunk))
     return Predictions([rows[r.id] for r in records], generated=len(todo), cached=len(records) - len(todo),
                        path=cache.path, seconds=round(time.perf_counter() - t0, 3))
-
-# %% ../nbs/06_infer.ipynb #8dae9732
-def _best(fn, repeats):
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        t = time.perf_counter(); out = fn(); best = min(best, time.perf_counter() - t)
-    return best, out
-
-def bench_generate(model, processor, records, # what to answer
-                   cfg, # Config; generation.batch_size is the batched size
-                   repeats=1, # timing runs per mode (the best is kept)
-                   threads=None): # torch CPU threads during the measurement; None = leave as is
-    "One-at-a-time vs batched on the same records: end to end and `generate` alone, their ratios, and whether the answers are identical."
-    c1 = copy.deepcopy(cfg); c1.generation.batch_size = 1
-    bs = max(1, int(cfg.generation.batch_size))
-    old = torch.get_num_threads()
-    if threads: torch.set_num_threads(int(threads))
-    try:
-        generate_batch(model, processor, records[:1], c1)  # warm-up
-        t1, one = _best(lambda: generate_batch(model, processor, records, c1), repeats)
-        tb, bat = _best(lambda: generate_batch(model, processor, records, cfg), repeats)
-        col, kw = Collator(processor, cfg, train=False), gen_kwargs(cfg, model, processor)
-        singles = [col([r]) for r in records]
-        batches = [col(records[i:i + bs]) for i in range(0, len(records), bs)]
-        def gen_all(bb):
-            with torch.no_grad():
-                for b in bb: model.generate(**b, **kw)
-        g1, _ = _best(lambda: gen_all(singles), repeats)
-        gb, _ = _best(lambda: gen_all(batches), repeats)
-        n_thr = torch.get_num_threads()
-    finally: torch.set_num_threads(old)
-    return dict(n=len(records), batch_size=bs, max_new_tokens=cfg.generation.max_new_tokens,
-                one_at_a_time_s=round(t1, 3), batched_s=round(tb, 3), speedup=round(t1 / tb, 2),
-                generate_only_speedup=round(g1 / gb, 2), identical=one == bat,
-                threads=n_thr, device=str(next(model.parameters()).device))

@@ -13,12 +13,16 @@ from fastapi import Request  # at module level: route signatures are resolved in
 from .core import Config, Vlm3Error, load_config
 from .data import Record, to_messages
 from .families import get_family
+from .collate import prompt_length
+from .infer import load_for_inference, _generate
+from .synth import synthesize
+from .models import build_tiny
 
 # %% auto #0
 __all__ = ['CHARS_PER_TOKEN', 'TOKEN_ENV', 'log', 'LOOPBACK', 'serving_config', 'served_name', 'Limits', 'RequestError',
            'decode_image', 'chat_messages', 'prompt_tokens', 'text_chars', 'check_prompt', 'Batcher', 'Req', 'Answer',
            'request_config', 'cut_at_stop', 'Engine', 'chat_options', 'parse_chat', 'usage', 'completion',
-           'resolve_token', 'BodyLimit', 'make_app', 'ServerThread', 'serve_cmd', 'bench_serve', 'bench_serve_cmd']
+           'resolve_token', 'BodyLimit', 'make_app', 'ServerThread', 'serve_cmd']
 
 # %% ../nbs/10_serve.ipynb #28604f0c
 def serving_config(config=None, # a Config, a YAML path or a shipped config name; None = look beside the adapter
@@ -96,7 +100,6 @@ def chat_messages(image, # decoded page (PIL image)
 # %% ../nbs/10_serve.ipynb #62955540
 def prompt_tokens(msgs, processor, cfg) -> int:
     "Prompt length in tokens, visual tokens included, from the image size (no second pass over the pixels)."
-    from vlm3_nb.collate import prompt_length
     return prompt_length(msgs, processor, cfg)
 
 # %% ../nbs/10_serve.ipynb #86a017c1
@@ -234,7 +237,6 @@ class Engine:
              cfg=None, # Config, YAML path or shipped name; None = the run's config.yaml beside the adapter, else defaults
              device=None, limits=None, name=None):
         "Load the model the way `vlm3 eval` does (`infer.load_for_inference`)."
-        from vlm3_nb.infer import load_for_inference
         cfg = serving_config(cfg, adapter)
         model, proc, fp = load_for_inference(model_path, adapter, cfg, device)
         return cls(model, proc, cfg, fp, name or served_name(model_path, adapter), limits)
@@ -261,7 +263,6 @@ class Engine:
 
     def generate(self, reqs) -> list:
         "Answer a batch of `Req`s: one left-padded generate call per distinct generation setting; a seeded sampled request runs alone."
-        from vlm3_nb.infer import _generate
         out, groups = [None] * len(reqs), {}
         for i, r in enumerate(reqs):
             c = request_config(self.cfg, r); g = c.generation
@@ -611,86 +612,3 @@ def serve_cmd(model, # base or merged model: local folder or hub id
     try: uvicorn.Server(uvicorn.Config(app, log_level=log_level, access_log=True, server_header=False)).run(sockets=[sock])
     finally: eng.close(); sock.close()
     return 0
-
-# %% ../nbs/10_serve.ipynb #48afb234
-def _page_bytes(image=None) -> bytes:
-    "The page to send: a file's bytes, given bytes, or a one-page synthetic manual page."
-    if isinstance(image, (bytes, bytearray)): return bytes(image)
-    if image: return Path(image).read_bytes()
-    import tempfile
-    from vlm3_nb.synth import synthesize
-    with tempfile.TemporaryDirectory() as d:
-        synthesize(d, pages=1, qa_per_page=1, val_frac=0)
-        return next(Path(d, "images").iterdir()).read_bytes()
-
-def bench_serve(url, # server base URL, e.g. http://127.0.0.1:8000
-                token=None, # bearer token (None for an --insecure-no-auth server)
-                n=200, # requests in all
-                concurrency=50, # requests in flight at once (one thread and connection each)
-                image=None, # page image path or bytes; None = a synthetic manual page
-                question="What is the tightening torque of the cylinder head bolts?",
-                route="chat", # 'chat' (/v1/chat/completions) or 'predict' (/predict, JSON)
-                max_tokens=None, # per request; None = the server's cap
-                timeout=600) -> dict: # seconds per request
-    "Send `n` requests, `concurrency` at a time; p50/p95/max latency (s), requests/s and the error rate."
-    import httpx
-    if route not in ("chat", "predict"): raise Vlm3Error(f"route {route!r}: use chat or predict")
-    b64 = base64.b64encode(_page_bytes(image)).decode()
-    if route == "chat":
-        path, body = "/v1/chat/completions", {"model": "vlm3", "messages": [{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": f"data:image/jpeg;base64,{b64}"}}, {"type": "text", "text": question}]}]}
-        if max_tokens: body["max_tokens"] = max_tokens
-    else:
-        path, body = "/predict", {"image": b64, "question": question} | ({"max_new_tokens": max_tokens} if max_tokens else {})
-    hdr = {"Authorization": f"Bearer {token}"} if token else {}
-    local = threading.local()
-    def one(i):
-        if not hasattr(local, "client"): local.client = httpx.Client(timeout=timeout)
-        c, t = local.client, time.perf_counter()
-        try: code = c.post(url.rstrip("/") + path, json=body, headers=hdr).status_code
-        except httpx.HTTPError as e: code = type(e).__name__
-        return time.perf_counter() - t, code
-    with ThreadPoolExecutor(concurrency) as ex:
-        t0 = time.perf_counter(); res = list(ex.map(one, range(n))); wall = time.perf_counter() - t0
-    lat = sorted(s for s, _ in res); ok = sum(c == 200 for _, c in res)
-    pct = lambda p: lat[min(len(lat) - 1, max(0, round(p / 100 * len(lat) + 0.5) - 1))]
-    codes = {}
-    for _, c in res: codes[str(c)] = codes.get(str(c), 0) + 1
-    return dict(url=url, route=route, n=n, concurrency=concurrency, ok=ok, errors=n - ok, error_rate=round((n - ok) / n, 4), codes=codes,
-                p50_s=round(pct(50), 3), p95_s=round(pct(95), 3), max_s=round(lat[-1], 3), mean_s=round(statistics.fmean(lat), 3),
-                wall_s=round(wall, 2), requests_per_s=round(n / wall, 2))
-
-def bench_serve_cmd(url=None, # a running server; None = start one on loopback
-                    token=None, # its token; None = $VLM3_API_TOKEN (a started server gets a random one)
-                    n=200, concurrency=50,
-                    model=None, adapter=None, config=None, # what a started server serves; model None = the tiny model
-                    route="chat", max_tokens=None,
-                    out="reports/bench") -> int: # folder for serve-<where>.json; None = write nothing
-    "CLI body of `vlm3 bench serve`: run `bench_serve`, print one line, save the JSON; returns the exit status."
-    import tempfile, platform, torch
-    if url:
-        res = bench_serve(url, token or os.environ.get(TOKEN_ENV), n, concurrency, route=route, max_tokens=max_tokens)
-        where = "remote"
-    else:
-        with tempfile.TemporaryDirectory() as d:
-            if model is None:
-                from vlm3_nb.models import build_tiny
-                model = build_tiny(Path(d) / "tiny"); config = config or "demo_tiny"
-            tok = secrets.token_urlsafe(24)
-            eng = Engine.load(model, adapter, config)
-            try:
-                with ServerThread(make_app(engine=eng, token=tok)) as srv:
-                    res = bench_serve(srv.url, tok, n, concurrency, route=route, max_tokens=max_tokens)
-            finally: eng.close()
-            res.update(model=served_name(model, adapter), batch_size=eng.batcher.max_batch,
-                       batches=len(eng.batcher.sizes), mean_batch=round(statistics.fmean(eng.batcher.sizes), 2) if eng.batcher.sizes else 0,
-                       max_new_tokens=eng.budget(max_tokens), device=str(next(eng.model.parameters()).device),
-                       cpu_threads=torch.get_num_threads(), machine=platform.machine(), cpus=os.cpu_count())
-            where = "local"
-    res["date"] = time.strftime("%Y-%m-%d")
-    print(f"{res['n']} requests, {res['concurrency']} concurrent ({route}): p50 {res['p50_s']} s, p95 {res['p95_s']} s, "
-          f"{res['requests_per_s']} req/s, error rate {100 * res['error_rate']:.1f}%" + (f", mean batch {res['mean_batch']}" if "mean_batch" in res else ""))
-    if out:
-        p = Path(out) / f"serve-{where}.json"; p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8"); print(f"-> {p}")
-    return 0 if res["errors"] == 0 else 1
