@@ -68,3 +68,15 @@ def test_killed_two_process_run_resumes(runs, tiny, manual, tmp_path):
     assert json.loads((run / "manifest.json").read_text())["resumed_from"] == "checkpoint-5"
     assert max_delta(adapter(runs["fsdp-full-shard"]), adapter(run)) < 1e-6  # the same weights as the uninterrupted 2-process run
     assert [x["step"] for x in rows(run) if x["kind"] == "train"] == list(range(1, 11))  # no step logged twice
+
+def test_accelerate_launch_starts_the_same_loop(tiny, manual, tmp_path):
+    "`accelerate launch` with the shipped config starts the processes; vlm3's loop and `training.strategy` do the rest."
+    run = tmp_path / "acc"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "vlm3_nb/configs/accelerate/2gpu.yaml"),
+           "-m", "vlm3_nb", "train", "--config", "demo_tiny", f"base_model={tiny}", f"data.train_file={manual / 'vlm_train.jsonl'}",
+           "data.val_file=", f"data.images_root={manual}", f"output_dir={run}", "training.max_steps=2", "training.save_steps=2",
+           "training.global_batch_size=4", "training.strategy=fsdp-full-shard"]
+    r = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-1500:] + r.stderr[-3000:]
+    dist = rows(run)[0]
+    assert (dist["world_size"], dist["strategy"]) == (2, "fsdp-full-shard") and (run / "adapter").is_dir(), dist
