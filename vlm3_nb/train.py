@@ -103,7 +103,7 @@ def _trained_file(path) -> Path:
     "The trained-weights file of a checkpoint folder, or of a run's newest complete checkpoint."
     p = Path(path)
     if p.is_dir() and (p / "checkpoints").is_dir():
-        done = [c for c in complete_checkpoints(p / "checkpoints")]
+        done = complete_checkpoints(p / "checkpoints")
         if not done: raise Vlm3Error(f"config key 'training.pretrained_checkpoint': {p} has no complete checkpoint; point it at a finished run")
         p = done[-1]
     if (p / "adapter_model.safetensors").is_file():
@@ -570,7 +570,7 @@ def train(cfg: Config, # the resolved config (not modified)
     if not ckpt:
         log.row({"step": 0, "kind": "dist", "world_size": d.world, "strategy": strategy, "strategy_config": t.strategy, "device": device_name(d.device),
                  "plan": asdict(p), "param_shares": shares})
-        log.row({"step": 0, "kind": "stage", **{k: v for k, v in info.items()}}, show=False)
+        log.row({"step": 0, "kind": "stage", **info}, show=False)
         log.row(packing_row(tr, proc, cfg), show=False)
     state = {"stage": t.stage, "method": cfg.method, "trained_groups": info["trained_groups"], "base_model": cfg.base_model, "world_size": d.world}
     amp, step, window = _amp(d, fam), start, {"loss": [], "samples": 0, "tokens": 0, "t": 0.0}
@@ -787,7 +787,7 @@ def preflight(cfg: Config, # the resolved config
     if st["records"] == 0: raise Vlm3Error(f"{cfg.data.train_file}: no record fits data.max_length={cfg.data.max_length}")
     ps, notes = pack_stats(recs, proc, cfg), []
     packed = t.packing == "page"
-    strategy = t.strategy if gpus > 1 and t.strategy != "auto" else ("ddp" if gpus > 1 else "single")
+    strategy = D.resolve_strategy(t.strategy, D.Dist(world=gpus))  # what the launcher would pick on `gpus` processes
     p = plan(cfg, ps["packs"] if packed else st["records"], gpus)
     if packed: tokens, img = ps["page"]["lm_tokens"], ps["page"]["image_tokens"]
     else: tokens, img = st["sums"]["padded_tokens"], st["sums"]["image_tokens"]
