@@ -5,6 +5,7 @@
 # %% ../nbs/09_report.ipynb #51ce7133
 from __future__ import annotations
 import base64, copy, html, io, json, os, re, sys, tempfile, warnings
+from statistics import NormalDist
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
@@ -13,14 +14,16 @@ import yaml
 from .core import Vlm3Error, Thresholds, Config, set_key
 
 # %% auto #0
-__all__ = ['STATUSES', 'MANIFEST_SKIP', 'ANSWER_KEYS', 'TIE', 'SECRET_VARS', 'KEY_PATTERNS', 'RUN_NBS', 'KERNEL_ARGS', 'EvalRun',
-           'load_run', 'example_eval_dir', 'thresholds', 'metric_names', 'score_of', 'metric_stats', 'overall',
-           'md_table', 'verdict', 'probe_stats', 'row_passed', 'threshold_checks', 'overall_passed', 'verdict_md',
-           'overall_md', 'content_types', 'by_type', 'by_type_md', 'Png', 'plot_by_type', 'worst', 'image_roots',
-           'image_path', 'images_note', 'thumb_uri', 'example_html', 'failures_html', 'probes_md', 'grounding_md',
-           'manifest', 'manifest_md', 'answer_settings', 'shown_settings', 'settings_md', 'banner_md',
-           'paired_bootstrap', 'Comparison', 'settings_diff', 'compare', 'compare_md', 'compare_settings_md',
-           'compare_by_type_md', 'plot_deltas', 'flips_html', 'scrub_secrets', 'runs_dir', 'run_notebook', 'to_html',
+__all__ = ['STATUSES', 'MANIFEST_SKIP', 'ANSWER_KEYS', 'CLUSTER_UNITS', 'TIE', 'HUNDRED', 'SECRET_VARS', 'KEY_PATTERNS',
+           'RUN_NBS', 'KERNEL_ARGS', 'EvalRun', 'load_run', 'example_eval_dir', 'thresholds', 'metric_names',
+           'score_of', 'metric_stats', 'overall', 'md_table', 'verdict', 'probe_stats', 'row_passed',
+           'threshold_checks', 'overall_passed', 'verdict_md', 'overall_md', 'content_types', 'by_type', 'by_type_md',
+           'Png', 'plot_by_type', 'worst', 'image_roots', 'image_path', 'images_note', 'thumb_uri', 'example_html',
+           'failures_html', 'probes_md', 'grounding_md', 'manifest', 'manifest_md', 'answer_settings', 'shown_settings',
+           'settings_md', 'banner_md', 'cluster_keys', 'min_detectable', 'paired_bootstrap', 'Comparison',
+           'settings_diff', 'compare', 'train_cost', 'eval_cost', 'scale_of', 'cost_per_point', 'compare_cost',
+           'eval_cost_md', 'judge_note', 'calibration_md', 'compare_md', 'compare_settings_md', 'compare_by_type_md',
+           'compare_cost_md', 'plot_deltas', 'flips_html', 'scrub_secrets', 'runs_dir', 'run_notebook', 'to_html',
            'execute_nb', 'render_report', 'report_cmd', 'compare_text', 'compare_cmd']
 
 # %% ../nbs/09_report.ipynb #3abba506
@@ -113,22 +116,26 @@ def example_eval_dir(path, # folder to write (created)
                      judge=False, # False: judge metrics are 'not run'
                      probes=4, # probe rows
                      label="fixture", # the run's name in summary.json
-                     overrides=None) -> Path: # config keys recorded in summary.json's `config`, e.g. {"generation.max_new_tokens": 8}
+                     overrides=None, # config keys recorded in summary.json's `config`, e.g. {"generation.max_new_tokens": 8}
+                     page_effect=0.0, # std of a per-page shift of every score (its own generator): questions of a page move together
+                     train_manifest=None, # a dict: write <path>/run/manifest.json (+ an empty adapter/) and point summary.json's adapter at it
+                     extra=None) -> Path: # more summary.json keys (e.g. `generation`, `calibration`), applied last
     "Write an ILLUSTRATIVE eval folder (made-up scores, drawn pages) in the `vlm3 eval --out` layout, for demos and tests."
     path = Path(path); (path / "images").mkdir(parents=True, exist_ok=True)
-    rng, jit, jrng = (np.random.default_rng(seed + k) for k in (0, 10_000, 20_000))  # base scores, jitter, judge scores
+    rng, jit, jrng, prng = (np.random.default_rng(seed + k) for k in (0, 10_000, 20_000, 30_000))  # base scores, jitter, judge scores, page shifts
+    pe = page_effect * prng.standard_normal(7)  # pages 1..6
     thr, cts, rows, nb = asdict(Thresholds()), list(_FIX_TYPES), [], Counter()
-    def score(lo, hi, g=rng): return float(np.clip(round(g.uniform(lo, hi), 4) + shift + noise * jit.standard_normal(), 0, 1))
+    def score(lo, hi, g=rng): return float(np.clip(round(g.uniform(lo, hi), 4) + shift + noise * jit.standard_normal() + pe[page], 0, 1))
     def m_ok(name, s, reason): return {"score": s, "status": "ok", "reason": reason, "passed": s >= thr[name] if name in thr else None}
     for i in range(n + probes):
         ct = cts[i % len(cts)]; (lo, hi), q, exp, kws = _FIX_TYPES[ct]; page = i % 6 + 1; probe = i >= n
         img = f"images/page-{page:02d}.png"
         if not (path / img).exists(): _fixture_page(path / img, ct, page)
-        kp = score(lo, hi); nem = float(rng.uniform(lo, hi) + shift + noise * jit.standard_normal() > 0.5)
+        kp = score(lo, hi); nem = float(rng.uniform(lo, hi) + shift + noise * jit.standard_normal() + pe[page] > 0.5)
         mets = {"numeric_exact_match": m_ok("numeric_exact_match", nem, "(fixture) numbers " + ("match" if nem else "differ"))
                 if ct == "specification" else {"score": None, "status": "not applicable", "reason": "no quantities in the expected answer: not applicable", "passed": None},
                 "keyword_presence": m_ok("keyword_presence", kp, f"(fixture) about {round(kp * len(kws))}/{len(kws)} keywords found")}
-        rl = score(lo, hi); bl = round(100 * float(np.clip(0.6 * rng.uniform(lo, hi) + shift + noise * jit.standard_normal(), 0, 1)), 2)
+        rl = score(lo, hi); bl = round(100 * float(np.clip(0.6 * rng.uniform(lo, hi) + shift + noise * jit.standard_normal() + pe[page], 0, 1)), 2)
         mets.update(bleu4=m_ok("bleu4", bl, f"(fixture) sentence BLEU-4 {bl:.1f} (0-100)"), rouge_l=m_ok("rouge_l", rl, f"(fixture) ROUGE-L F {rl:.3f}"))
         for j in _JUDGE:
             mets[j] = m_ok(j, score(lo, hi, jrng), "(fixture) made-up judge score") if judge else \
@@ -150,6 +157,11 @@ def example_eval_dir(path, # folder to write (created)
             "model": "none (fixture)", "adapter": None, "fingerprint": f"fixture-seed{seed}-shift{shift}-noise{noise}",
             "images_root": str(path.resolve()), "judge": "claude (fixture)" if judge else "none", "cost": {"usd": 0.0, "calls": 0},
             **_fix_summary(rows, n, thr), "config": asdict(cfg)}
+    if train_manifest is not None:
+        run_dir = path / "run"; (run_dir / "adapter").mkdir(parents=True, exist_ok=True)
+        (run_dir / "manifest.json").write_text(json.dumps({"run_id": "fixture-run", "note": "ILLUSTRATIVE FIXTURE", **train_manifest}, indent=2), encoding="utf-8")
+        summ["adapter"] = str((run_dir / "adapter").resolve())
+    summ.update(extra or {})
     (path / "summary.json").write_text(json.dumps(summ, indent=2), encoding="utf-8")
     return path
 
@@ -487,20 +499,82 @@ def banner_md(run: EvalRun, title="") -> str:
     return s
 
 # %% ../nbs/09_report.ipynb #56def197
+CLUSTER_UNITS = ("auto", "page", "image", "example")
+
+def _ckey(r, i, unit):
+    "(level, key) of one row: its page, else its image, else the row itself; `unit` is the coarsest level tried."
+    if unit in ("auto", "page") and r.get("page") not in (None, ""): return "page", f"page {r['page']}"
+    if unit in ("auto", "page", "image") and r.get("image"): return "image", f"image {r['image']}"
+    return "example", f"example {r.get('id', i)}"
+
+def cluster_keys(rows, # result rows or gold cases: dicts with `page`, `image`, `id`
+                 unit="auto") -> tuple: # auto (= page) falls back to the image, then to the example; 'example' = no clustering
+    "(unit, keys): the cluster unit used ('page', or 'page+image' when some rows name no page) and one cluster key per row."
+    if unit not in CLUSTER_UNITS: raise Vlm3Error(f"cluster unit {unit!r} is not known; use one of: {', '.join(CLUSTER_UNITS)}")
+    ks = [_ckey(r, i, unit) for i, r in enumerate(rows)]
+    return "+".join(dict.fromkeys(u for u, _ in ks)) or ("page" if unit == "auto" else unit), [k for _, k in ks]
+
+# %% ../nbs/09_report.ipynb #c9a1e003
+def _cluster_var(d, codes, k):
+    "Variance of the mean of `d` when whole clusters are sampled (linearised ratio estimator); None for fewer than 2 clusters."
+    if k < 2: return None
+    s, m = np.bincount(codes, d, k), np.bincount(codes, None, k)
+    return float(k / (k - 1) * ((s - m * d.mean()) ** 2).sum() / len(d) ** 2)
+
+def min_detectable(se, # standard error of the mean difference
+                   ci=0.95, # the test's confidence level (two-sided)
+                   power=0.8): # probability of detecting a true difference of that size
+    "The minimum detectable difference: the true delta a two-sided test at level 1-`ci` detects with probability `power`."
+    if se is None: return None
+    z = NormalDist().inv_cdf
+    return (z(1 - (1 - ci) / 2) + z(power)) * se
+
 def paired_bootstrap(a, # scores of run A
                      b, # scores of run B, paired with `a` by position
-                     n_boot=2000, # bootstrap resamples of example indices
+                     n_boot=2000, # bootstrap resamples
                      seed=0, # the interval is a pure function of the inputs and this
-                     ci=0.95) -> dict:
-    "Mean of `b - a` with a paired percentile-bootstrap confidence interval."
+                     ci=0.95,
+                     clusters=None, # one cluster key per pair (e.g. its page); None = each pair on its own
+                     records=None, # or the rows paired with `a`/`b`: clusters from `cluster_keys` (page, else image, else example)
+                     unit="auto", # the cluster unit for `records`
+                     min_clusters=5) -> dict: # with fewer clusters, the interval and MDD are the wider of the clustered and the naive ones
+    "Mean of `b - a` with a paired percentile-bootstrap CI that resamples whole clusters (pages), the naive per-example CI beside it, the design effect and the MDD."
     a, b = np.asarray(a, float), np.asarray(b, float)
     if a.shape != b.shape: raise Vlm3Error(f"paired_bootstrap: {len(a)} scores in A but {len(b)} in B; pair them by example first")
-    if not len(a): return dict(n=0, a=None, b=None, delta=None, lower=None, upper=None)
-    d = b - a
-    boots = d[np.random.default_rng(seed).integers(0, len(d), size=(n_boot, len(d)))].mean(1)
-    lo, hi = np.quantile(boots, [(1 - ci) / 2, 1 - (1 - ci) / 2])
-    r = lambda x: round(float(x), 12)
-    return dict(n=len(d), a=r(a.mean()), b=r(b.mean()), delta=r(d.mean()), lower=r(lo), upper=r(hi))
+    if records is not None:
+        if clusters is not None: raise Vlm3Error("paired_bootstrap: pass clusters= or records=, not both")
+        if len(records) != len(a): raise Vlm3Error(f"paired_bootstrap: {len(records)} records for {len(a)} pairs; pass one record per pair")
+        cu, clusters = cluster_keys(records, unit)
+    elif clusters is not None:
+        if len(clusters) != len(a): raise Vlm3Error(f"paired_bootstrap: {len(clusters)} cluster keys for {len(a)} pairs; pass one key per pair")
+        cu = "given"
+    else: cu = "example"
+    out = dict(n=len(a), a=None, b=None, delta=None, lower=None, upper=None, cluster_unit=cu, n_clusters=0, naive_lower=None, naive_upper=None,
+               se=None, naive_se=None, design_effect=None, mdd=None, naive_mdd=None)
+    if not len(a): return out
+    d, n, q = b - a, len(a), [(1 - ci) / 2, 1 - (1 - ci) / 2]
+    naive = np.quantile(d[np.random.default_rng(seed).integers(0, n, size=(n_boot, n))].mean(1), q)
+    codes = np.arange(n) if clusters is None else np.unique(np.asarray([str(c) for c in clusters]), return_inverse=True)[1].ravel()
+    k = int(codes.max()) + 1
+    var_n = float(d.var(ddof=1) / n) if n > 1 else 0.0
+    if k == n: (lo, hi), var_c = naive, var_n  # every pair its own cluster: the two coincide
+    elif k >= 2:
+        s, m = np.bincount(codes, d, k), np.bincount(codes, None, k)
+        idx = np.random.default_rng(seed).integers(0, k, size=(n_boot, k))
+        (lo, hi), var_c = np.quantile(s[idx].sum(1) / m[idx].sum(1), q), _cluster_var(d, codes, k)
+    else: lo = hi = var_c = None
+    r = lambda x: None if x is None else round(float(x), 12)
+    se, se_n = (None if var_c is None else var_c ** 0.5), var_n ** 0.5
+    few = 2 <= k < min(n, min_clusters)
+    if few: lo, hi, se = min(lo, naive[0]), max(hi, naive[1]), max(se, se_n)  # a bootstrap over 2-4 pages can come out narrower than the naive one
+    out.update(a=r(a.mean()), b=r(b.mean()), delta=r(d.mean()), lower=r(lo), upper=r(hi), n_clusters=k, naive_lower=r(naive[0]), naive_upper=r(naive[1]),
+               se=r(se), naive_se=r(se_n), design_effect=r(var_c / var_n) if var_c is not None and var_n > 0 else None,
+               mdd=r(min_detectable(se, ci)), naive_mdd=r(min_detectable(se_n, ci)))
+    u = cu.split("+")[0]
+    if lo is None: out["note"] = f"all {n} pairs are in one {u}: no clustered interval can be estimated (the naive one treats its questions as independent)"
+    elif few: out["note"] = (f"only {k} {u}s: the interval and MDD are the wider of the clustered and the naive ones "
+                             f"(a bootstrap over so few {u}s understates the spread, or can even collapse)")
+    return out
 
 # %% ../nbs/09_report.ipynb #2a636759
 TIE = 1e-9
@@ -526,18 +600,19 @@ def _verdicts(ra, rb):
         if x.get("status") == y.get("status") == "ok" and x.get("passed") is not None and y.get("passed") is not None: out[m] = (x["passed"], y["passed"])
     return out
 
-def _cmp_metric(pairs, m, n_boot, seed) -> dict:
+def _cmp_metric(pairs, m, n_boot, seed, unit="auto") -> dict:
     if not pairs: return dict(n=0, status="no paired validation examples", delta=None, lower=None, upper=None, wins=0, losses=0, ties=0)
-    both = [(x, y) for ra, rb in pairs if (x := score_of(ra, m)) is not None and (y := score_of(rb, m)) is not None]
+    both = [(x, y, ra) for ra, rb in pairs if (x := score_of(ra, m)) is not None and (y := score_of(rb, m)) is not None]
     if not both:
         sa, sb = _status_of([p[0] for p in pairs], m), _status_of([p[1] for p in pairs], m)
         return dict(n=0, status=sa if sa == sb else f"A: {sa}, B: {sb}", delta=None, lower=None, upper=None, wins=0, losses=0, ties=0)
-    a, b = np.array(both).T; d = b - a
-    r = paired_bootstrap(a, b, n_boot, seed)
+    a, b = np.array([(x, y) for x, y, _ in both]).T; d = b - a
+    r = paired_bootstrap(a, b, n_boot, seed, records=[ra for _, _, ra in both], unit=unit)
     v = [_verdicts(ra, rb).get(m) for ra, rb in pairs]
     r.update(status="scored", wins=int((d > TIE).sum()), losses=int((d < -TIE).sum()), ties=int((np.abs(d) <= TIE).sum()),
              pass_to_fail=sum(1 for x in v if x == (True, False)), fail_to_pass=sum(1 for x in v if x == (False, True)),
-             verdict="B better" if r["lower"] > 0 else "B worse" if r["upper"] < 0 else "no clear difference")
+             verdict=(f"cannot tell (1 {r['cluster_unit']})" if r["lower"] is None else "B better" if r["lower"] > 0 else "B worse" if r["upper"] < 0
+                      else "no clear difference"))
     return r
 
 def _flip(ra, rb):
@@ -589,8 +664,9 @@ def _compare_notes(A, B, ids, only_a, only_b, mism, n_val, diff) -> list:
 def compare(a_dir, # eval folder of run A (the baseline)
             b_dir, # eval folder of run B (e.g. the fine-tuned model)
             n_boot=2000, # bootstrap resamples
-            seed=0) -> Comparison: # same seed, same intervals
-    "Pair two eval runs by example id; per metric and content type: delta B-A with a paired bootstrap 95% CI, wins/losses/ties; flipped examples."
+            seed=0, # same seed, same intervals
+            cluster="auto") -> Comparison: # what the bootstrap resamples: auto (pages, else images, else examples), page, image or example
+    "Pair two eval runs by example id; per metric and content type: delta B-A with a page-clustered paired bootstrap 95% CI (the naive one beside it), wins/losses/ties; flipped examples; cost per point."
     A, B = load_run(a_dir), load_run(b_dir)
     ia, ib = {r["id"]: r for r in A.rows}, {r["id"]: r for r in B.rows}
     ids = [i for i in ia if i in ib]
@@ -603,32 +679,149 @@ def compare(a_dir, # eval folder of run A (the baseline)
     notes = _compare_notes(A, B, ids, only_a, only_b, mism, len(val), diff)
     for n in notes: warnings.warn(n, stacklevel=2)
     ct_of = lambda p: p[0].get("content_type") or "unknown"
-    by_ct = {ct: {m: _cmp_metric([p for p in val if ct_of(p) == ct], m, n_boot, seed) for m in names} for ct in content_types([p[0] for p in val])}
+    by_ct = {ct: {m: _cmp_metric([p for p in val if ct_of(p) == ct], m, n_boot, seed, cluster) for m in names} for ct in content_types([p[0] for p in val])}
     flips = [f for p in pairs if (f := _flip(*p))]
+    unit, keys = cluster_keys([p[0] for p in val], cluster)
+    metrics = {m: _cmp_metric(val, m, n_boot, seed, cluster) for m in names}
     return Comparison(a=_side(A), b=_side(B), n_paired=len(ids), n_val=len(val), unpaired=dict(only_a=only_a, only_b=only_b),
                       question_mismatch=mism, settings=dict(a=shown_settings(A)[0], b=shown_settings(B)[0], differ=diff), warnings=notes,
-                      n_boot=n_boot, seed=seed, ci=0.95,
-                      metrics={m: _cmp_metric(val, m, n_boot, seed) for m in names}, by_content_type=by_ct,
+                      n_boot=n_boot, seed=seed, ci=0.95, cluster=dict(requested=cluster, unit=unit, n_clusters=len(set(keys))),
+                      metrics=metrics, by_content_type=by_ct, cost=compare_cost(A, B, metrics),
                       probes=_probe_cmp([p for p in pairs if p[0].get("kind") == "probe"]),
                       flips=dict(pass_to_fail=[f for f in flips if f["passed_a"]], fail_to_pass=[f for f in flips if f["passed_b"]]))
 
+# %% ../nbs/09_report.ipynb #c9a1e011
+HUNDRED = ("bleu4", "sacrebleu")  # scores already on a 0-100 scale; every other metric is 0-1
+
+def _num(v): return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+def _run_manifest(run) -> tuple:
+    "(manifest.json path or None, the manifest dict or why there is none) for the training run behind the eval's adapter or trained model/ folder."
+    s, cands = run.summary, []
+    if s.get("adapter"):
+        p = Path(str(s["adapter"])).expanduser().parent
+        cands.append(p.parent if p.name == "checkpoints" else p)  # runs/<id>/adapter and runs/<id>/checkpoints/checkpoint-N
+    if s.get("model") and Path(str(s["model"])).name == "model": cands.append(Path(str(s["model"])).expanduser().parent)
+    if not cands: return None, "base model: no training"
+    for d in cands:
+        f = d / "manifest.json"
+        if not f.is_file(): continue
+        try: m = json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError): return f, f"{f} is not valid JSON"
+        if isinstance(m, dict): return f, m
+    return None, f"no manifest.json in {' or '.join(map(str, cands))} (the run did not finish there, or the folder moved)"
+
+def train_cost(run: EvalRun) -> dict:
+    "B's (or A's) training cost from its run manifest: GPU-seconds, device, GPUs, $/GPU-hour and $; status 'recorded', 'none' (a base model) or 'not recorded' with why."
+    f, m = _run_manifest(run)
+    if not isinstance(m, dict):
+        return dict(status="none", usd=0.0, why=m) if m.startswith("base model") else dict(status="not recorded", usd=None, why=m)
+    gs, price = _num(m.get("gpu_seconds")), _num(m.get("usd_per_gpu_hour"))
+    out = dict(status="recorded", manifest=str(f), run_id=m.get("run_id"), gpu_seconds=gs, device=m.get("device"), gpus=m.get("gpus"),
+               usd_per_gpu_hour=price, wall_s=_num(m.get("wall_s")))
+    if gs is None: return dict(out, status="not recorded", usd=None, why=f"{f} has no gpu_seconds (written before training cost was recorded)")
+    usd = _num(m.get("usd"))
+    if usd is None and price is not None: usd = gs / 3600 * price
+    return dict(out, usd=None if usd is None else round(usd, 6), why=None if usd is not None else f"no GPU price for device {m.get('device')!r} in the manifest")
+
+def eval_cost(run: EvalRun) -> dict:
+    "The eval's own cost from summary.json: generation GPU-seconds on its device and their $, and the judge's $."
+    g, c = run.summary.get("generation") or {}, run.summary.get("cost") or {}
+    judge = _num(c.get("usd")) if run.summary.get("judge", "none") != "none" else 0.0
+    if "gpu_seconds" not in g: return dict(status="not recorded", usd=None, judge_usd=judge, why="summary.json has no generation.gpu_seconds (an eval from before cost was recorded)")
+    usd = _num(g.get("usd"))
+    return dict(status="recorded", device=g.get("device"), gpus=g.get("gpus"), gpu_seconds=_num(g.get("gpu_seconds")), seconds=_num(g.get("seconds")),
+                usd_per_gpu_hour=_num(g.get("usd_per_gpu_hour")), usd=usd, judge_usd=judge,
+                why=None if usd is not None else f"{g.get('device')}: not priced" + ("" if str(g.get("device", "")).startswith("cpu") else " (no price for this device in cost.*)"))
+
+def scale_of(metric, scores=()) -> int:
+    "Points per unit of a metric: 1 for 0-100 scores (BLEU), 100 for 0-1 scores."
+    return 1 if metric in HUNDRED or any(abs(s) > 1 for s in scores if s is not None) else 100
+
+def cost_per_point(usd, # what the gain cost (B's training $), or None when not recorded
+                   s, # a metric's comparison: delta, lower, upper
+                   scale=100) -> dict: # points per unit of the metric
+    "$ per point of gain and the range the delta's interval allows (None = unbounded or undefined, with a note)."
+    pts = [None if s.get(k) is None else round(s[k] * scale, 6) for k in ("delta", "lower", "upper")]
+    out = dict(points=pts[0], points_lower=pts[1], points_upper=pts[2], usd=usd, usd_per_point=None, lower=None, upper=None)
+    if usd is None: return dict(out, note="training cost not recorded")
+    if pts[0] is None: return dict(out, note="not scored in both runs")
+    if pts[0] <= 0: return dict(out, note="no gain: $ per point is not defined")
+    r = lambda x: round(usd / x, 6)
+    out["usd_per_point"] = r(pts[0])
+    if pts[1] is None: return dict(out, note="no interval (one page)")
+    if pts[2] <= 0: return dict(out, note="the interval allows no gain")
+    out["lower"] = r(pts[2])
+    if pts[1] > 0: out["upper"] = r(pts[1]); return dict(out, note=None)
+    return dict(out, note="upper end unbounded: the interval includes no gain")
+
+def compare_cost(A: EvalRun, B: EvalRun, metrics: dict) -> dict:
+    "$ spent (both evals, B's training) with what was not recorded or not priced, and $ per point of each metric's gain."
+    sides = {k: dict(eval=eval_cost(r), training=train_cost(r)) for k, r in (("a", A), ("b", B))}
+    parts = {"A eval generation": sides["a"]["eval"], "A judge": dict(usd=sides["a"]["eval"]["judge_usd"]), "B eval generation": sides["b"]["eval"],
+             "B judge": dict(usd=sides["b"]["eval"]["judge_usd"]), "B training": sides["b"]["training"]}
+    if sides["a"]["training"]["status"] == "recorded": parts["A training"] = sides["a"]["training"]
+    known = {k: p["usd"] for k, p in parts.items() if p.get("usd") is not None}
+    unpriced = [k for k, p in parts.items() if p.get("usd") is None and p.get("status") == "recorded"]
+    missing = [k for k, p in parts.items() if p.get("usd") is None and k not in unpriced]
+    tb = sides["b"]["training"]
+    inv = None if tb["status"] != "recorded" else tb["usd"]
+    scores = lambda m: [s for r in B.val for s in [score_of(r, m)]]
+    per = {m: (cost_per_point(inv, s, scale_of(m, scores(m))) if tb["status"] != "none" else dict(usd_per_point=None, note="B is not a trained run: no training cost"))
+           for m, s in metrics.items() if s["n"]}
+    return dict(a=sides["a"], b=sides["b"], spent=dict(usd=round(sum(known.values()), 6), parts=known, unpriced=unpriced, not_recorded=missing),
+                per_point=per, investment="B's training")
+
+# %% ../nbs/09_report.ipynb #c9a1e013
+def eval_cost_md(run: EvalRun) -> str:
+    "One line: what the eval's generation and judge cost."
+    e = eval_cost(run)
+    return f"Generation: {_gen_cell(e)}. Judge: {_usd(e.get('judge_usd'))}."
+
+def judge_note(run: EvalRun) -> str | None:
+    "A warning when judge metrics came from a judge with no calibration on record, or one below the bar; None when there is no judge or it is calibrated."
+    j = str(run.summary.get("judge") or "none")
+    if j == "none": return None
+    cal = (run.summary.get("calibration") or {}).get("judge")
+    if not isinstance(cal, dict) or cal.get("kappa") is None:
+        return (f"the judge {j} has no calibration on record, so its verdicts were never checked against known answers: build a gold set with "
+                f"`vlm3 synth-gold --data VAL.jsonl --out gold.jsonl`, run `vlm3 calibrate-judge --gold gold.jsonl --judge {j} --out DIR`, then re-run the eval")
+    return cal.get("warning") or None
+
+def calibration_md(run: EvalRun) -> str:
+    "The calibrations recorded in summary.json (the judge's, and any rule-based metric's): κ with its CI, TPR, TNR, gold file and when."
+    c = run.summary.get("calibration") or {}
+    items = ([("judge " + str(run.summary.get("judge")), c["judge"])] if isinstance(c.get("judge"), dict) else []) + list((c.get("metrics") or {}).items())
+    if not items: return "_No calibration recorded for this eval's judge or metrics._"
+    ci = lambda d, k: f"{_f(d.get(k))} [{_f(d.get(k + '_lower'))}, {_f(d.get(k + '_upper'))}]"
+    return md_table(["judged by", "metric", "κ [95% CI]", "TPR", "TNR", "n", "gold file (sha256)", "calibrated"],
+                    [[name, d.get("metric"), ci(d, "kappa"), ci(d, "tpr"), ci(d, "tnr"), d.get("n"), f"{d.get('gold_file')} ({str(d.get('gold_sha256'))[:12]})", d.get("created")]
+                     for name, d in items])
+
 # %% ../nbs/09_report.ipynb #d0e01e97
-def _delta(s): return f"{s['delta']:+.3f} [{s['lower']:+.3f}, {s['upper']:+.3f}]"
+def _iv(lo, hi): return "—" if lo is None or hi is None else f"[{lo:+.3f}, {hi:+.3f}]"
+def _delta(s): return f"{s['delta']:+.3f} {_iv(s['lower'], s['upper'])}"
+
+def _unit_phrase(res) -> str:
+    c = res.get("cluster") or {}
+    u = c.get("unit", "example")
+    return ("paired bootstrap over examples" if u == "example" else f"paired bootstrap resampling {c.get('n_clusters')} {u}s (each {u}'s questions kept together)")
 
 def compare_md(res: dict) -> str:
-    "The headline of a comparison: who was compared, then one row per metric."
+    "The headline of a comparison: who was compared, then one row per metric with the clustered and the naive interval, design effect and MDD."
     a, b = res["a"], res["b"]
     who = lambda s: f"`{s['name']}` (model {s.get('model') or '?'}, adapter {s.get('adapter') or 'none'})" + (" **[illustrative fixture]**" if s.get("fixture") else "")
     head = (f"**A** = {who(a)}  \n**B** = {who(b)}  \n{res['n_paired']} paired examples ({res['n_val']} validation); "
-            f"95% paired bootstrap CI over {res['n_boot']} resamples.\n\n")
+            f"95% CI from a {_unit_phrase(res)}, {res['n_boot']} resamples; the naive per-question interval beside it.\n\n")
     pr = res.get("probes") or {}
     if pr.get("n"): head += f"Probe pass rate: A {_f(pr['pass_rate_a'])}, B {_f(pr['pass_rate_b'])} ({pr['n']} paired probes).\n\n"
     head += "".join(f"⚠ {html.escape(n)}\n\n" for n in res.get("warnings") or [])
     rows = []
     for m, s in res["metrics"].items():
-        if not s["n"]: rows.append([m, 0, "—", "—", s["status"], "—", "—", "—", "—"]); continue
-        rows.append([m, s["n"], _f(s["a"]), _f(s["b"]), _delta(s), f"{s['wins']}/{s['losses']}/{s['ties']}", s["pass_to_fail"], s["fail_to_pass"], s["verdict"]])
-    return head + md_table(["metric", "n", "A", "B", "Δ B−A [95% CI]", "W/L/T", "pass→fail", "fail→pass", "verdict"], rows)
+        if not s["n"]: rows.append([m, 0, "—", "—", "—", s["status"], "—", "—", "—", "—", "—", "—"]); continue
+        rows.append([m, s["n"], s.get("n_clusters", "—"), _f(s["a"]), _f(s["b"]), _delta(s), _iv(s.get("naive_lower"), s.get("naive_upper")),
+                     _f(s.get("design_effect"), 2), _f(s.get("mdd")), f"{s['wins']}/{s['losses']}/{s['ties']}", f"{s['pass_to_fail']}/{s['fail_to_pass']}", s["verdict"]])
+    return head + md_table(["metric", "n", "clusters", "A", "B", "Δ B−A [95% CI]", "naive CI", "design effect", "MDD (80%)", "W/L/T", "pass→fail / fail→pass", "verdict"], rows)
 
 def compare_settings_md(res: dict) -> str:
     "The settings of A and B side by side (each eval's `settings` block when it has one); differences that change an answer are marked."
@@ -641,14 +834,47 @@ def compare_settings_md(res: dict) -> str:
     return md_table(["setting", "A", "B", ""], rows)
 
 def compare_by_type_md(res: dict) -> str:
-    "Deltas per content type (rows) and metric (columns), each with its CI and n, or why there is no score."
+    "Deltas per content type (rows) and metric (columns), each with its clustered CI, n, clusters and naive CI, or why there is no score."
     names = list(res["metrics"])
-    cell = lambda s: f"{_delta(s)} (n={s['n']})" if s["n"] else s["status"]
+    cell = lambda s: f"{_delta(s)} (n={s['n']}, {s.get('n_clusters', '?')} clusters; naive {_iv(s.get('naive_lower'), s.get('naive_upper'))})" if s["n"] else s["status"]
     return md_table(["content type"] + names, [[ct] + [cell(d[m]) for m in names] for ct, d in res["by_content_type"].items()])
+
+def _usd(v): return "—" if v is None else f"${v:,.4f}" if v < 1 else f"${v:,.2f}"
+
+def _gen_cell(e) -> str:
+    if e.get("status") != "recorded": return f"not recorded ({e.get('why')})"
+    s = f"{_f(e.get('gpu_seconds'), 1)} GPU-s on {e.get('device')}" if e.get("gpus") else f"{_f(e.get('seconds'), 1)} s on {e.get('device')}"
+    return s + (f" at {_usd(e['usd_per_gpu_hour'])}/GPU-h = {_usd(e['usd'])}" if e.get("usd") is not None else f" ({e.get('why')})")
+
+def _train_cell(t) -> str:
+    if t["status"] == "none": return "none (base model)"
+    if t["status"] != "recorded": return f"not recorded ({t.get('why')})"
+    s = f"{_f(t.get('gpu_seconds'), 1)} GPU-s ({t.get('gpus')} × {t.get('device')})"
+    return s + (f" at {_usd(t['usd_per_gpu_hour'])}/GPU-h = {_usd(t['usd'])}" if t.get("usd") is not None else f" ({t.get('why')})")
+
+def _ppt(p) -> str:
+    if p.get("usd_per_point") is None: return p.get("note") or "—"
+    rng = f"{_usd(p['lower'])} – {_usd(p['upper']) if p.get('upper') is not None else '∞'}" if p.get("lower") is not None else "—"
+    return f"{_usd(p['usd_per_point'])} ({rng})" + (f"; {p['note']}" if p.get("note") else "")
+
+def compare_cost_md(res: dict) -> str:
+    "What was spent (each eval's generation and judge, B's training) and $ per point of each metric's gain with its range."
+    c = res.get("cost")
+    if not c: return "_This comparison recorded no cost._"
+    sp = c["spent"]
+    head = f"**Spent: {_usd(sp['usd'])}**" + (f" ({', '.join(f'{k} {_usd(v)}' for k, v in sp['parts'].items())})" if sp["parts"] else "")
+    if sp["unpriced"]: head += f"; recorded but not priced: {', '.join(sp['unpriced'])}"
+    if sp["not_recorded"]: head += f"; not recorded: {', '.join(sp['not_recorded'])}"
+    sides = md_table(["run", "eval generation", "judge", "training"],
+                     [[k.upper(), _gen_cell(c[k]["eval"]), _usd(c[k]["eval"].get("judge_usd")), _train_cell(c[k]["training"])] for k in ("a", "b")])
+    ppt = md_table(["metric", "Δ in points [95% CI]", f"$ per point of gain ({c.get('investment')}; range from the CI)"],
+                   [[m, "—" if p.get("points") is None else f"{p['points']:+.2f} [{_f(p.get('points_lower'), 2)}, {_f(p.get('points_upper'), 2)}]", _ppt(p)]
+                    for m, p in c["per_point"].items()])
+    return f"{head}.\n\n{sides}\n\n{ppt}"
 
 # %% ../nbs/09_report.ipynb #bc0f96f8
 def plot_deltas(res: dict) -> Png | None:
-    "Forest plot: per scored metric, delta B−A with its 95% CI, overall and per content type; None when nothing was scored in both."
+    "Forest plot: per scored metric, delta B−A with its clustered 95% CI (the naive one thin and grey), overall and per content type; None when nothing was scored in both."
     from matplotlib.figure import Figure
     names = [m for m, s in res["metrics"].items() if s["n"]]
     if not names: return None
@@ -657,12 +883,15 @@ def plot_deltas(res: dict) -> Png | None:
         items = [("all", res["metrics"][m])] + [(ct, d[m]) for ct, d in res["by_content_type"].items()]
         for y, (lab, s) in enumerate(items):
             if not s["n"]: continue
+            if s.get("naive_lower") is not None:  # the naive interval, thin and grey, under the clustered one
+                ax.plot([s["naive_lower"], s["naive_upper"]], [y + 0.18] * 2, color="gray", lw=1)
+            if s["lower"] is None: ax.plot(s["delta"], y, "x", color="C0"); continue
             ax.errorbar(s["delta"], y, xerr=[[s["delta"] - s["lower"]], [s["upper"] - s["delta"]]], fmt="o", color="C0" if lab != "all" else "C3", capsize=3)
         ax.axvline(0, color="gray", lw=1); ax.set_yticks(range(len(items)), [i[0] for i in items], fontsize=8)
         ax.set_title(m, fontsize=9); ax.tick_params(axis="x", labelsize=8)
     axs[0].invert_yaxis()  # once: the y axis is shared, so "all" ends up on top
     fig.tight_layout()
-    return Png(fig, alt="forest plot: delta B−A with its 95% CI, overall and per content type, for " + ", ".join(names))
+    return Png(fig, alt="forest plot: delta B−A with its page-clustered 95% CI (naive CI in grey), overall and per content type, for " + ", ".join(names))
 
 def flips_html(res: dict, run_a: EvalRun, which="pass_to_fail", k=10) -> str:
     "Up to `k` flipped examples as HTML: page thumbnail, question, expected, both predictions, and the metrics that changed."
@@ -784,10 +1013,18 @@ def report_cmd(eval_dir, # eval folder written by `vlm3 eval --out`
 
 def compare_text(res: dict) -> str:
     "The comparison as plain text lines, for the terminal."
-    out = [f"A: {res['a']['dir']}", f"B: {res['b']['dir']}", f"{res['n_paired']} paired examples (95% paired bootstrap CI, {res['n_boot']} resamples)"]
+    out = [f"A: {res['a']['dir']}", f"B: {res['b']['dir']}", f"{res['n_paired']} paired examples (95% CI: {_unit_phrase(res)}, {res['n_boot']} resamples)"]
     for m, s in res["metrics"].items():
-        out.append(f"  {m:24s} " + (f"n={s['n']:<5d} delta {_delta(s)}  W/L/T {s['wins']}/{s['losses']}/{s['ties']}  {s['verdict']}" if s["n"] else s["status"]))
+        out.append(f"  {m:24s} " + (f"n={s['n']:<5d} delta {_delta(s)}  naive {_iv(s.get('naive_lower'), s.get('naive_upper'))}  design effect {_f(s.get('design_effect'), 2)}  "
+                                    f"MDD {_f(s.get('mdd'))}  W/L/T {s['wins']}/{s['losses']}/{s['ties']}  {s['verdict']}" if s["n"] else s["status"]))
     out.append(f"flips: {len(res['flips']['pass_to_fail'])} pass->fail, {len(res['flips']['fail_to_pass'])} fail->pass")
+    c = res.get("cost")
+    if c:
+        sp = c["spent"]
+        out.append(f"spent {_usd(sp['usd'])}" + (f"; not priced: {', '.join(sp['unpriced'])}" if sp["unpriced"] else "")
+                   + (f"; not recorded: {', '.join(sp['not_recorded'])}" if sp["not_recorded"] else ""))
+        out.append(f"  B training: {_train_cell(c['b']['training'])}")
+        out += [f"  $ per point {m:18s} {_ppt(p)}" for m, p in c["per_point"].items()]
     return "\n".join(out)
 
 def compare_cmd(a, # eval folder of run A (baseline)
@@ -795,13 +1032,14 @@ def compare_cmd(a, # eval folder of run A (baseline)
                 out, # folder for compare.json (and compare.ipynb/.html)
                 report=True, # also render the compare notebook
                 n_boot=2000, # bootstrap resamples
-                seed=0) -> int:
+                seed=0,
+                cluster="auto") -> int: # what the bootstrap resamples: auto (pages, else images, else examples) | page | image | example
     "`vlm3 compare`: pair two eval runs, write DIR/compare.json and (report=True) DIR/compare.ipynb + DIR/compare.html."
     with warnings.catch_warnings(record=True) as ws:  # each as one `warning:` line, never Python's warning format with its source line
-        warnings.simplefilter("always"); res = compare(a, b, n_boot=n_boot, seed=seed)
+        warnings.simplefilter("always"); res = compare(a, b, n_boot=n_boot, seed=seed, cluster=cluster)
     for w in ws: print(f"warning: {w.message}", file=sys.stderr)
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     (out / "compare.json").write_text(scrub_secrets(json.dumps(res, indent=2)), encoding="utf-8")
     print(compare_text(res)); print(f"wrote {out / 'compare.json'}")
-    if report: print(f"report: {render_report((a, b), out, kind='compare', n_boot=n_boot, seed=seed)}")
+    if report: print(f"report: {render_report((a, b), out, kind='compare', n_boot=n_boot, seed=seed, cluster=cluster)}")
     return 0
