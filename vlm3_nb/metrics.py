@@ -23,11 +23,13 @@ from .data import extract_conclusion, is_structured  # structured answers are sc
 # %% auto #0
 __all__ = ['FTLB', 'INLB', 'KGFM', 'CANON', 'UNITS', 'NUMBER_WORDS', 'TORQUE_TOL_NM', 'REL_TOL', 'PRICES', 'EST_CHARS_PER_TOKEN',
            'EST_OUT_TOKENS', 'APPROX_CHARS_PER_TOKEN', 'GEVAL_CRITERIA', 'GEVAL_STEPS', 'JUDGE_KEYS', 'PLAIN_KEYS',
-           'COCO_METRICS', 'SPICE_NOTE', 'BLEU_NOTE', 'parse_number', 'match_unit', 'Quantity', 'extract_quantities',
-           'same_quantity', 'split_stages', 'numeric_report', 'numeric_match', 'NumericExactMatch', 'stem',
-           'keyword_report', 'keyword_presence', 'KeywordPresence', 'bleu4', 'sentence_bleu4', 'rouge_l', 'Bleu4',
-           'RougeL', 'price_for', 'BudgetExceeded', 'Ledger', 'JudgeCache', 'parse_json_reply', 'JudgeUnavailable',
-           'judge_down', 'CachedJudge', 'LocalJudge', 'make_judge', 'judge_metrics', 'score_case', 'caption_scores']
+           'METRIC_KEYS', 'KAPPA_MIN', 'COCO_METRICS', 'SPICE_NOTE', 'BLEU_NOTE', 'parse_number', 'match_unit',
+           'Quantity', 'extract_quantities', 'same_quantity', 'split_stages', 'numeric_report', 'numeric_match',
+           'NumericExactMatch', 'stem', 'keyword_report', 'keyword_presence', 'KeywordPresence', 'bleu4',
+           'sentence_bleu4', 'rouge_l', 'Bleu4', 'RougeL', 'price_for', 'BudgetExceeded', 'Ledger', 'JudgeCache',
+           'parse_json_reply', 'JudgeUnavailable', 'judge_down', 'CachedJudge', 'LocalJudge', 'make_judge',
+           'judge_metrics', 'score_case', 'score_metric', 'judge_key', 'calibrations_dir', 'calibration_warning',
+           'record_calibration', 'last_calibration', 'caption_scores']
 
 # %% ../nbs/07_metrics.ipynb #6918728b
 def parse_number(s: str) -> float:
@@ -608,15 +610,18 @@ GEVAL_STEPS = [
 ]
 JUDGE_KEYS = {"answer_relevancy": AnswerRelevancyMetric, "faithfulness": FaithfulnessMetric, "geval_correctness": GEval}
 
-def judge_metrics(judge: DeepEvalBaseLLM, thresholds: Optional[Thresholds] = None) -> list:
+def judge_metrics(judge: DeepEvalBaseLLM, thresholds: Optional[Thresholds] = None,
+                  keys=None) -> list: # which of JUDGE_KEYS to build; None = all three
     "AnswerRelevancy, Faithfulness and GEval Correctness on `judge`, thresholds from `thresholds` (cfg.eval.thresholds)."
     th = thresholds if thresholds is not None else Thresholds()
-    ms = [AnswerRelevancyMetric(threshold=th.answer_relevancy, model=judge, async_mode=False, eval_mode="llm"),
-          FaithfulnessMetric(threshold=th.faithfulness, model=judge, async_mode=False, eval_mode="llm"),
-          GEval(name="Correctness", criteria=GEVAL_CRITERIA, evaluation_steps=list(GEVAL_STEPS), threshold=th.geval_correctness,
-                model=judge, async_mode=False,
-                evaluation_params=[SingleTurnParams.INPUT, SingleTurnParams.ACTUAL_OUTPUT, SingleTurnParams.EXPECTED_OUTPUT])]
-    for k, m in zip(JUDGE_KEYS, ms): m.key = k
+    make = {"answer_relevancy": lambda: AnswerRelevancyMetric(threshold=th.answer_relevancy, model=judge, async_mode=False, eval_mode="llm"),
+            "faithfulness": lambda: FaithfulnessMetric(threshold=th.faithfulness, model=judge, async_mode=False, eval_mode="llm"),
+            "geval_correctness": lambda: GEval(name="Correctness", criteria=GEVAL_CRITERIA, evaluation_steps=list(GEVAL_STEPS), threshold=th.geval_correctness,
+                                               model=judge, async_mode=False,
+                                               evaluation_params=[SingleTurnParams.INPUT, SingleTurnParams.ACTUAL_OUTPUT, SingleTurnParams.EXPECTED_OUTPUT])}
+    ms = []
+    for k in (JUDGE_KEYS if keys is None else keys):
+        m = make[k](); m.key = k; ms.append(m)
     return ms
 
 # %% ../nbs/07_metrics.ipynb #c17d1144
@@ -650,6 +655,74 @@ def score_case(question: str, expected: str, prediction: str, keywords: Optional
             e.partial = out
             raise
     return out
+
+# %% ../nbs/07_metrics.ipynb #d7a1e002
+METRIC_KEYS = PLAIN_KEYS + tuple(JUDGE_KEYS)
+
+def score_metric(key: str, # one of METRIC_KEYS
+                 question: str, expected: str, prediction: str, keywords: Optional[list] = None,
+                 judge=None, # required for the judge metrics
+                 thresholds: Optional[Thresholds] = None,
+                 threshold: Optional[float] = None, # overrides the configured threshold (BLEU 0-100, others 0-1)
+                 context: Optional[str] = None) -> dict:
+    "One metric's result `{score, status, reason, passed}` for one answer; `BudgetExceeded` propagates as in `score_case`."
+    if key not in METRIC_KEYS: raise Vlm3Error(f"metric {key!r} is not known; use one of: {', '.join(METRIC_KEYS)}")
+    th = thresholds if thresholds is not None else Thresholds()
+    tc = LLMTestCase(input=question, actual_output=prediction or "", expected_output=expected or None,
+                     retrieval_context=[s for s in (expected, context) if s] or None, metadata={"keywords": keywords or []})
+    if key in JUDGE_KEYS:
+        if judge is None: return _res(None, "not run", "no judge (judge=none)")
+        if key == "faithfulness" and not tc.retrieval_context: return _res(None, "not applicable", "no expected answer or page text to check against")
+        if key == "geval_correctness" and not expected: return _res(None, "not applicable", "no expected answer")
+        m = judge_metrics(judge, th, keys=[key])[0]
+    else: m = {"numeric_exact_match": lambda: NumericExactMatch(th.numeric_exact_match), "keyword_presence": lambda: KeywordPresence(th.keyword_presence),
+               "bleu4": Bleu4, "rouge_l": RougeL}[key]()
+    if threshold is not None: m.threshold = float(threshold)
+    return _run(m, tc)
+
+# %% ../nbs/07_metrics.ipynb #d7a1e005
+KAPPA_MIN = 0.6  # a judge (or metric) below this agreement with known verdicts is flagged wherever its scores are shown
+
+def judge_key(spec: str) -> str:
+    "The registry name of a judge spec (`claude:<model>`, `local:<path>` made absolute) or of a metric (`metric:<key>`)."
+    kind, _, arg = str(spec or "").strip().partition(":")
+    kind, arg = kind.strip().lower(), arg.strip()
+    if kind == "local" and arg: return f"local:{Path(arg).expanduser().resolve()}"
+    if kind in ("claude", "metric") and arg: return f"{kind}:{arg}"
+    raise Vlm3Error(f"judge {spec!r} has no calibration name; use claude:<model>, local:<path> or metric:<key>")
+
+def calibrations_dir() -> Path:
+    "Where calibration records are kept: $VLM3_CALIBRATIONS, else ~/.cache/vlm3/calibrations."
+    return Path(os.environ.get("VLM3_CALIBRATIONS") or Path.home() / ".cache" / "vlm3" / "calibrations").expanduser()
+
+def _cal_file(key): return calibrations_dir() / (re.sub(r"[^A-Za-z0-9._-]+", "_", key)[-80:] + "-" + text_sha256(key)[:10] + ".json")
+
+def calibration_warning(key: str, rec: Optional[dict]) -> Optional[str]:
+    "Why `key`'s verdicts should not be trusted yet (no calibration, or κ below KAPPA_MIN), or None."
+    if not rec or rec.get("kappa") is None:
+        return f"{key} has no calibration on record; run `vlm3 calibrate-judge --gold GOLD.jsonl --judge {key.removeprefix('metric:')}` (a gold set comes from `vlm3 synth-gold`)"
+    if rec["kappa"] < KAPPA_MIN:
+        return (f"{key}'s Cohen's κ is {rec['kappa']:.2f} on {rec.get('gold_file')} ({rec.get('metric')}), below {KAPPA_MIN}: its verdicts disagree with "
+                f"known ones too often to count; see where it fails in {rec.get('path')}, or use a stronger judge")
+    return None
+
+def record_calibration(key: str, rec: dict) -> Path:
+    "Keep `rec` (a calibration summary with `metric` and `kappa`) as `key`'s latest calibration, per metric; returns the registry file."
+    f = _cal_file(key)
+    try: d = json.loads(f.read_text(encoding="utf-8")) if f.is_file() else {}
+    except (OSError, json.JSONDecodeError): d = {}  # a damaged record is replaced, not trusted
+    by = dict(d.get("by_metric") or {}); by[rec["metric"]] = rec
+    f.parent.mkdir(parents=True, exist_ok=True)
+    f.write_text(json.dumps(dict(key=key, latest=rec["metric"], by_metric=by), indent=2), encoding="utf-8")
+    return f
+
+def last_calibration(key: str, metric: Optional[str] = None) -> Optional[dict]:
+    "`key`'s latest calibration record (of `metric`, or of whichever metric was calibrated last), or None."
+    f = _cal_file(key)
+    if not f.is_file(): return None
+    try: d = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError): return None
+    return (d.get("by_metric") or {}).get(metric or d.get("latest"))
 
 # %% ../nbs/07_metrics.ipynb #e3c47d60
 COCO_METRICS = ("bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "cider")
