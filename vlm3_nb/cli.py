@@ -30,7 +30,7 @@ def _prepare(a):
 
 def _build_tiny(a):
     from vlm3_nb.models import build_tiny_cmd
-    return build_tiny_cmd(a.out, size=a.size, overwrite=a.overwrite)
+    return build_tiny_cmd(a.out, size=a.size, overwrite=a.overwrite, family=a.family)
 
 def _train(a):
     from vlm3_nb.train import train_cmd
@@ -98,8 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--content-types", default=None, metavar="A,B,...", help="allowed metadata.content_type values (default: any)")
     s.add_argument("--family", default="qwen2_vl", help="model family whose image limits apply (qwen2_vl, cobra)")
     s.set_defaults(fn=_prepare)
-    s = sub.add_parser("build-tiny", help="build the embedded tiny Qwen2-VL (offline tokenizer, random weights)")
-    s.add_argument("--out", required=True); s.add_argument("--size", default="tiny", choices=["tiny", "small"])
+    s = sub.add_parser("build-tiny", help="build a family's embedded tiny model (offline tokenizer, random weights): Qwen2-VL or Cobra")
+    s.add_argument("--out", required=True); s.add_argument("--size", default="tiny", choices=["tiny", "small"], help="small: Qwen2-VL only")
+    s.add_argument("--family", default="qwen2_vl", help="model family (qwen2_vl, cobra)")
     s.add_argument("--overwrite", action="store_true", help="replace a model build-tiny wrote in --out before (only its own files are removed)")
     s.set_defaults(fn=_build_tiny)
     s = sub.add_parser("preflight", help="token counts, padding waste, steps, GPU memory/hours/$ before paying for a GPU")
@@ -158,6 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=_demo)
     from vlm3_nb.reasoning import add_reasoning_commands  # prepare-llava-cot, eval-captions, reasoning-report, demo-reasoning
     add_reasoning_commands(sub)
+    from vlm3_nb.pretrain import add_pretrain_commands  # pretrain: Cobra's scripts/pretrain.py flags
+    add_pretrain_commands(sub)
     return p
 
 def main(argv=None) -> int:

@@ -85,6 +85,7 @@ class EvalCfg:
 
 @dataclass
 class DataCfg:
+    dataset_type: str = ""  # a name for the data in run ids and a Cobra run's config.json (llava-cot-100k); empty = unnamed
     train_file: str = "training_data/vlm_train.jsonl"
     val_file: str = "training_data/vlm_val.jsonl"
     images_root: str = "training_data"  # image paths in the JSONL are relative to this

@@ -16,7 +16,7 @@ from .core import (Vlm3Error, Config, file_sha256, text_sha256, load_config, con
 from .data import Record, COT_TAGS
 from .collate import Collator, as_messages
 from .families import get_family
-from .models import load_base, load_adapter, merge_adapter, model_fingerprint
+from .models import family_of, load_base, load_adapter, merge_adapter, model_fingerprint
 from .collate import encode
 
 # %% auto #0
@@ -76,6 +76,8 @@ def run_config(model, # base or merged model folder (or hub id)
         cfg, src = load_config(p, check=False), ConfigSource(f"the trained model's run config {p}", "run", p)  # runs/<id>/model of a full-weight stage
     else: cfg, src = Config(), ConfigSource("the seed defaults" + (f" (no vlm3 config.yaml in the adapter's run folder {adapter_run_dir(adapter)})" if adapter else ""), "seed")
     ov = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
+    if (fam := family_of(model)) and fam != cfg.family and "family" not in ov:  # only its own family can open a model
+        cfg.family = fam; src = ConfigSource(f"{src}, family {fam} (the model's)", src.kind, src.path)
     for k, v in ov.items(): set_key(cfg, k, v, where="override: ")
     if ov: src = ConfigSource(f"{src} + override{'s' if len(ov) > 1 else ''} {', '.join(ov)}", src.kind, src.path)
     validate_config(cfg, where=(f"{src.path}" + (" + overrides" if ov else "") + ": ") if src.path else ("overrides: " if ov else ""))

@@ -11,13 +11,13 @@ from .core import Config, DataCfg, Vlm3Error, file_sha256, load_config, claim_fo
 
 # %% auto #0
 __all__ = ['TINY_MARK', 'build_tiny', 'default_device', 'resolve_dtype', 'use_gradient_checkpointing', 'quant_config',
-           'bitsandbytes_visible', 'load_base', 'lora_target_regex', 'lora_modules', 'trainable_summary',
+           'bitsandbytes_visible', 'family_of', 'load_base', 'lora_target_regex', 'lora_modules', 'trainable_summary',
            'lm_linear_names', 'check_lora_targets', 'apply_lora', 'check_adapter_fits', 'load_adapter', 'merge_adapter',
            'model_fingerprint', 'build_tiny_cmd']
 
 # %% ../nbs/03_models.ipynb #8004ff9a
 from .families import FAMILIES, Family, get_family, register
-from .families import qwen2_vl  # registers the family
+from .families import qwen2_vl, cobra  # registers the families
 
 # %% ../nbs/03_models.ipynb #92b059db
 TINY_MARK = "vlm3_tiny.json"  # written last into a folder build_tiny made (the files it wrote, size, seed, family)
@@ -95,24 +95,30 @@ def bitsandbytes_visible(needed: bool):
 # %% ../nbs/03_models.ipynb #c7d798d7
 def _quantized(model) -> bool: return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
 
-def _is_local(name: str) -> bool:
-    "A hub id is exactly `org/name`; anything else (or an existing path) is a local folder."
+def _is_local(name: str, fam=None) -> bool:
+    "A hub id is exactly `org/name`, and a family's registered names (`cobra+3b`) are not paths; anything else (or an existing path) is local."
+    if fam is not None and name in fam.known_models and not Path(name).expanduser().exists(): return False
     return Path(name).expanduser().exists() or name.startswith((".", "/", "~")) or name.count("/") != 1
+
+def family_of(path) -> str | None:
+    "The registered family whose model `path` is (a folder, a checkpoint file or a registered name), or None when none claims it."
+    return next((name for name, fam in FAMILIES.items() if fam.owns(path)), None)
 
 def load_base(cfg, # Config: base_model, family, method, quantization, training.dtype, data pixel bounds
               device=None): # 'cuda' | 'cpu'; None = CUDA when available
     "Load the base model and its processor for `cfg`; returns `(model, processor)`."
     device = str(device or default_device())
-    name = cfg.base_model
-    if _is_local(name):
-        p = Path(name).expanduser()
-        if not (p / "config.json").exists():
-            raise Vlm3Error(f"config key 'base_model': local folder '{name}' has no config.json; build the tiny model with "
-                            f"`vlm3 build-tiny --out {name}` or point base_model at a model folder or hub id")
-    fam, dtype, qc = get_family(cfg), resolve_dtype(cfg, device), quant_config(cfg, device)
-    if _is_local(name): model, proc = fam.load(str(Path(name).expanduser()), dtype, qc, device, cfg)
+    name, fam = cfg.base_model, get_family(cfg)
+    local = _is_local(name, fam)
+    if local and not fam.is_model_path(Path(name).expanduser()):
+        raise Vlm3Error(f"config key 'base_model': local folder '{name}' has no config.json; build the tiny model with "
+                        f"`vlm3 build-tiny --family {fam.name} --out {name}` or point base_model at a model folder"
+                        + (f", a registered name ({', '.join(fam.known_models)})" if fam.known_models else "") + " or a hub id")
+    dtype, qc = resolve_dtype(cfg, device), quant_config(cfg, device)
+    if local: model, proc = fam.load(str(Path(name).expanduser()), dtype, qc, device, cfg)
     else:
         try: model, proc = fam.load(name, dtype, qc, device, cfg)
+        except Vlm3Error: raise
         except Exception as e:  # hub errors come as OSError, httpx or RuntimeError depending on the failure
             raise Vlm3Error(f"config key 'base_model': cannot load {name!r} ({str(e).splitlines()[0] if str(e) else type(e).__name__}). "
                             f"Without network it must be in the Hugging Face cache (`hf download {name}` on a machine with "
@@ -146,7 +152,10 @@ def lm_linear_names(model, cfg) -> list:
 
 def check_lora_targets(model, cfg):
     "Raise a Vlm3Error naming every `lora.target_modules` entry that matches no Linear layer of the language model, with the likely fix."
-    have = lm_linear_names(model, cfg)
+    have, fam = lm_linear_names(model, cfg), get_family(cfg)
+    if dead := [t for t in cfg.lora.target_modules if t in fam.lora_bypassed]:
+        raise Vlm3Error(f"config key 'lora.target_modules': {', '.join(map(repr, dead))} in the {fam.name} family is a Linear layer its forward never "
+                        f"calls (its weight is used directly), so an adapter there would never train; drop it, e.g. lora.target_modules=[{','.join(t for t in cfg.lora.target_modules if t not in dead) or 'in_proj'}]")
     bad = [t for t in cfg.lora.target_modules if t not in have]
     if not bad: return
     hints = "; ".join(f"{t!r}" + (f" (did you mean {c[0]!r}?)" if (c := difflib.get_close_matches(t, have, 1, 0.6)) else "") for t in bad)
@@ -262,7 +271,7 @@ def _file_digest(p: Path, h):
 
 def _resolve_model_dir(model_path):
     p = Path(model_path).expanduser()
-    if p.is_dir(): return p
+    if p.exists(): return p  # a folder, or a checkpoint file (a Cobra run's .pt)
     try:
         from huggingface_hub import snapshot_download
         return Path(snapshot_download(str(model_path), local_files_only=True))
@@ -270,14 +279,14 @@ def _resolve_model_dir(model_path):
 
 def model_fingerprint(model_path, # local folder or hub id
                       adapter_path=None) -> str: # optional adapter folder
-    "A short hex key that changes when the model's config, weights or the adapter change."
+    "A short hex key that changes when the model's config, weights or the adapter change (every family's `weight_files` of it)."
     h = hashlib.sha256()
     d = _resolve_model_dir(model_path)
     if d is None: h.update(f"hub:{model_path}".encode())
     else:
         for name in ("config.json", "model.safetensors.index.json"):
-            if (d / name).exists(): h.update(name.encode()); h.update(bytes.fromhex(file_sha256(d / name)))
-        for p in sorted(list(d.glob("*.safetensors")) + list(d.glob("*.bin"))): _file_digest(p, h)
+            if (d / name).is_file(): h.update(name.encode()); h.update(bytes.fromhex(file_sha256(d / name)))
+        for p in sorted({f for fam in FAMILIES.values() for f in fam.weight_files(d)}): _file_digest(p, h)
     if adapter_path is not None:
         a = Path(adapter_path)
         for name in ("adapter_config.json", "adapter_model.safetensors"):

@@ -13,14 +13,14 @@ from .data import (Record, COT_TAGS, IMAGE_TOKEN, load_items, check_record, chec
                           to_pipeline, write_jsonl, extract_conclusion, is_structured, _hub_offline)
 
 # %% auto #0
-__all__ = ['PART_RX', 'PUBLISHED_PARTS', 'STAMP', 'LLAVA_COT_REPO', 'TRACE_KEYS', 'CAPTION_PROMPT', 'VARIANTS', 'PAIRS',
-           'CAPTION_KEYS', 'TIE', 'DEMO_OVERRIDES', 'zip_parts', 'PartsFile', 'unzip_images', 'download_llava_cot',
-           'parse_remap', 'remap_path', 'source_of', 'CotReport', 'validate_llava_cot', 'to_cot_record',
-           'prepare_llava_cot', 'prepare_llava_cot_cmd', 'trace_analysis', 'trace_md', 'plot_trace_length',
-           'trace_failures_html', 'read_coco_captions', 'CaptionSummary', 'caption_md', 'eval_captions',
-           'eval_captions_cmd', 'compare_reasoning', 'four_way_md', 'plot_four_way', 'render_reasoning_report',
-           'reasoning_text', 'reasoning_report_cmd', 'example_reasoning_dirs', 'run_reasoning_demo',
-           'add_reasoning_commands']
+__all__ = ['PART_RX', 'PUBLISHED_PARTS', 'STAMP', 'LLAVA_COT_REPO', 'TRACE_KEYS', 'CAPTION_PROMPT', 'BLEU_LINES', 'VARIANTS',
+           'PAIRS', 'CAPTION_KEYS', 'TIE', 'DEMO_OVERRIDES', 'zip_parts', 'PartsFile', 'unzip_images',
+           'download_llava_cot', 'parse_remap', 'remap_path', 'source_of', 'CotReport', 'validate_llava_cot',
+           'to_cot_record', 'prepare_llava_cot', 'prepare_llava_cot_cmd', 'trace_analysis', 'trace_md',
+           'plot_trace_length', 'trace_failures_html', 'read_coco_captions', 'CaptionSummary', 'caption_md',
+           'eval_captions', 'bleu_text', 'eval_captions_cmd', 'compare_reasoning', 'four_way_md', 'plot_four_way',
+           'render_reasoning_report', 'reasoning_text', 'reasoning_report_cmd', 'example_reasoning_dirs',
+           'run_reasoning_demo', 'add_reasoning_commands']
 
 # %% ../nbs/13_reasoning.ipynb #4e64bbc4
 PART_RX = re.compile(r"^(?P<stem>.+\.zip)\.part-(?P<suf>[a-z]{2})$")
@@ -431,10 +431,11 @@ def eval_captions(model, # base or merged model folder (or hub id)
     "Caption every image of a COCO caption file through the prediction cache and score with pycocoevalcap + sacrebleu."
     from vlm3_nb.infer import predict, load_for_inference
     from vlm3_nb.metrics import caption_scores
-    from vlm3_nb.models import model_fingerprint
+    from vlm3_nb.models import family_of, model_fingerprint
     t0 = time.perf_counter()
     cfg = copy.deepcopy(cfg) if cfg is not None else load_config()
     cfg.base_model, cfg.data.images_root = str(model), str(images_root)
+    cfg.family = family_of(model) or cfg.family  # only its own family can open a model
     imgs, refs = read_coco_captions(ann_file)
     if max_images: imgs = imgs[:int(max_images)]
     miss = [im["file_name"] for im in imgs if not (Path(images_root) / im["file_name"]).is_file()]
@@ -460,13 +461,29 @@ def eval_captions(model, # base or merged model folder (or hub id)
     return s
 
 # %% ../nbs/13_reasoning.ipynb #562f7593
-def eval_captions_cmd(model, ann_file, images_root, out, adapter=None, mode="single", config=None, overrides=None, prompt=CAPTION_PROMPT,
-                      max_images=None, device=None) -> int:
-    "CLI body of `vlm3 eval-captions`: caption, score, print; returns the exit status."
+BLEU_LINES = (("BLEU-1", "bleu1"), ("BLEU-2", "bleu2"), ("BLEU-3", "bleu3"), ("BLEU-4", "bleu4"), ("METEOR", "meteor"),
+              ("ROUGE-L", "rouge_l"), ("CIDEr", "cider"), ("sacreBLEU", "sacrebleu"))
+
+def bleu_text(s) -> str:
+    "The guide's `results/<name>_bleu.txt`: one `NAME: value` line per score, then what was scored."
+    sc = s["scores"]
+    lines = [f"{name}: {sc[k]:.4f}" if isinstance(sc.get(k), (int, float)) else f"{name}: not run" for name, k in BLEU_LINES]
+    return "\n".join(lines + [f"model: {s['model']}" + (f" + adapter {s['adapter']}" if s["adapter"] else ""), f"mode: {s['mode']}",
+                               f"images: {s['counts']['images']}", f"annotations: {s['ann_file']}"]) + "\n"
+
+def eval_captions_cmd(model, ann_file, images_root, out=None, adapter=None, mode="single", config=None, overrides=None, prompt=CAPTION_PROMPT,
+                      max_images=None, device=None,
+                      output=None) -> int: # the guide's BLEU text file (results/<name>_bleu.txt); the full JSON goes beside it
+    "CLI body of `vlm3 eval-captions`: caption, score, print (and write the BLEU text file); returns the exit status."
+    if out is None and output is None: raise Vlm3Error("eval-captions needs --out DIR (the full results) or --output FILE (the BLEU text file), or both")
+    out = Path(out) if out is not None else Path(output).with_suffix("")  # results/baseline_bleu.txt -> results/baseline_bleu/
     s = eval_captions(model, ann_file, images_root, out, adapter=adapter, mode=mode, cfg=load_config(config, overrides), prompt=prompt,
                       max_images=max_images, device=device)
     print(caption_md(s))
-    print(f"\nwrote {Path(out) / 'captions_results.jsonl'}, {Path(out) / 'captions_summary.json'} (prediction cache: {Path(out) / 'predictions.jsonl'})")
+    if output is not None:
+        Path(output).parent.mkdir(parents=True, exist_ok=True); Path(output).write_text(bleu_text(s), encoding="utf-8")
+        print(f"\nwrote {output}")
+    print(f"wrote {out / 'captions_results.jsonl'}, {out / 'captions_summary.json'} (prediction cache: {out / 'predictions.jsonl'})")
     return 0
 
 # %% ../nbs/13_reasoning.ipynb #dcd57caa
@@ -704,11 +721,12 @@ def add_reasoning_commands(sub):
     s = sub.add_parser("eval-captions", help="caption a COCO-format set and score BLEU-1..4, METEOR, ROUGE-L, CIDEr (pycocoevalcap) + sacrebleu")
     s.add_argument("--model", required=True); s.add_argument("--adapter", default=None)
     s.add_argument("--ann", required=True, help="COCO caption annotations (images + annotations), e.g. the manual's captions_coco.json")
-    s.add_argument("--images-root", required=True); s.add_argument("--out", required=True)
+    s.add_argument("--images-root", required=True); s.add_argument("--out", default=None, help="folder for the full results (default: --output without .txt)")
+    s.add_argument("--output", default=None, metavar="FILE", help="the guide's BLEU text file, e.g. results/cot_finetuned_bleu.txt")
     s.add_argument("--mode", default="single", choices=["single", "scratchpad", "stage-beam"])
     s.add_argument("--prompt", default=CAPTION_PROMPT); s.add_argument("--max-images", type=int, default=None)
     s.add_argument("--config", default=None); s.add_argument("overrides", nargs="*", metavar="key=value")
-    s.set_defaults(fn=lambda a: eval_captions_cmd(a.model, a.ann, a.images_root, a.out, a.adapter, a.mode, a.config, a.overrides, a.prompt, a.max_images))
+    s.set_defaults(fn=lambda a: eval_captions_cmd(a.model, a.ann, a.images_root, a.out, a.adapter, a.mode, a.config, a.overrides, a.prompt, a.max_images, output=a.output))
     s = sub.add_parser("reasoning-report", help="baseline / +scratchpad / fine-tuned / +scratchpad: paired CIs and the interaction")
     for v in VARIANTS: s.add_argument(f"--{v.replace('+', '-')}", required=True, metavar="EVAL_DIR")
     s.add_argument("--captions", nargs=4, default=None, metavar="DIR", help="the four caption eval folders, in the same order")

@@ -22,10 +22,10 @@ from . import distributed as D
 __all__ = ['TRAINABLE', 'COMPLETE', 'GPUS', 'Plan', 'plan', 'epoch_order', 'step_indices', 'rank_micro_batches', 'load_splits',
            'content_type', 'load_pretrained', 'prepare_model', 'peak_mem_gb', 'log_line', 'read_log', 'RunLog',
            'complete_checkpoints', 'save_checkpoint', 'load_checkpoint', 'run_dir_for', 'checkpoint_problem',
-           'run_finished', 'ResumePoint', 'resume_point', 'save_outputs', 'device_name', 'make_manifest', 'check_push',
-           'push_adapter', 'make_optimizer', 'make_scheduler', 'train_step', 'evaluate', 'packing_row', 'train',
-           'resume_config', 'train_cmd', 'plot_losses', 'four_bit', 'trained_params', 'memory_gb', 'train_flops',
-           'Preflight', 'preflight', 'preflight_cmd']
+           'run_finished', 'ResumePoint', 'resume_point', 'save_outputs', 'device_name', 'gpu_price', 'gpu_cost',
+           'make_manifest', 'check_push', 'push_adapter', 'make_optimizer', 'make_scheduler', 'train_step', 'evaluate',
+           'packing_row', 'train', 'resume_config', 'train_cmd', 'plot_losses', 'four_bit', 'trained_params',
+           'memory_gb', 'train_flops', 'Preflight', 'preflight', 'preflight_cmd']
 
 # %% ../nbs/05_train.ipynb #05ca8bce
 @dataclass
@@ -117,6 +117,7 @@ def _trained_file(path) -> Path:
 def load_pretrained(model, path, fam) -> dict:
     "Load an earlier stage's trained tensors into `model` (before freezing), strictly; returns what was loaded."
     from safetensors.torch import load_file
+    if (got := fam.load_checkpoint_into(model, path)) is not None: return got  # the family's own layout (Cobra's .pt), strictly
     f = _trained_file(path)
     sd, st = load_file(str(f)), json.loads((f.parent / "trainer_state.json").read_text())
     names = dict(model.named_parameters())
@@ -235,8 +236,8 @@ def _finite_all(sd, d) -> bool:
     ok = float(all(bool(torch.isfinite(v).all()) for v in sd.values())) if d.main else 0.0
     return D.all_sum([ok], d)[0] > 0
 
-def save_checkpoint(run, step, model, opt, sched, d, lora, state, keep=0) -> Path:
-    "Write checkpoint-`step` (collective: every process calls it; rank zero writes), COMPLETE last; keep the newest `keep` complete ones."
+def save_checkpoint(run, step, model, opt, sched, d, lora, state, keep=0, fam=None, loss=float("nan")) -> Path:
+    "Write checkpoint-`step` (collective: every process calls it; rank zero writes), COMPLETE last; keep the newest `keep` complete ones; then the family's own files."
     sd, osd, rng = D.full_state(model, d), D.optim_state(model, opt, d), D.all_gather(_rng_state(d), d)
     ck = Path(run) / "checkpoints" / f"checkpoint-{step}"
     if not _finite_all(sd, d):
@@ -253,6 +254,7 @@ def save_checkpoint(run, step, model, opt, sched, d, lora, state, keep=0) -> Pat
         t = ck / (COMPLETE + ".tmp"); t.write_text(json.dumps({"step": step, "time": time.time()})); os.replace(t, ck / COMPLETE)
         if keep and keep > 0:
             for old in complete_checkpoints(ck.parent)[:-keep]: shutil.rmtree(old, ignore_errors=True)
+        if fam is not None: fam.checkpoint_saved(run, step, state.get("epoch", 0), loss, D.unwrap(model), sd, lora, keep)
     D.barrier(d)
     return ck
 
@@ -373,6 +375,19 @@ def device_name(device="cpu") -> str:
     if str(device).startswith("cuda") and torch.cuda.is_available(): return torch.cuda.get_device_name(0)
     return f"cpu ({torch.get_num_threads()} threads, {platform.machine()})"
 
+def gpu_price(cfg, name) -> float | None:
+    "USD per GPU-hour of the device called `name`, from `cfg.cost` (None when it lists no price for it)."
+    for key, field_ in (("H100", "h100_usd_per_h"), ("A100", "a100_80gb_usd_per_h")):
+        if key in str(name): return getattr(cfg.cost, field_)
+    return None
+
+def gpu_cost(cfg, d, wall_s) -> dict:
+    "What a run used: GPU-seconds (wall time x GPUs; 0 on CPU), the device, and the price per GPU-hour when the config has one."
+    name = device_name(d.device); gpus = d.world if d.cuda else 0
+    price = gpu_price(cfg, name) if gpus else None
+    return {"gpus": gpus, "gpu_seconds": round(wall_s * gpus, 1), "device": name, "usd_per_gpu_hour": price,
+            "usd": None if price is None else round(wall_s * gpus / 3600 * price, 4)}
+
 def make_manifest(cfg, run_dir, device, wall_s, rows, steps, epoch, extra=None) -> dict:
     "What produced this run: code (git), data (sha256), package versions, device, wall time, steps and final losses."
     import vlm3_nb
@@ -485,7 +500,8 @@ def evaluate(model, recs, proc, cfg, d, amp=contextlib.nullcontext()) -> dict:
 
 # %% ../nbs/05_train.ipynb #857afee4
 def packing_row(records, processor, cfg) -> dict:
-    "The `kind: packing` log row: LM tokens and vision forwards per epoch without and with page packing."
+    "The `kind: packing` log row: LM tokens and vision forwards per epoch without and with page packing (or why a family cannot pack)."
+    if not get_family(cfg).supports_packing: return {"step": 0, "kind": "packing", "mode": "none", "supported": False}
     st = pack_stats(records, processor, cfg)
     return {"step": 0, "kind": "packing", "mode": cfg.training.packing, "pairs_per_pack": st["pairs_per_pack"],
             **{f"{k}_{m}": st[m][k] for m in ("none", "page") for k in ("lm_tokens", "vision_forwards", "steps_per_epoch")},
@@ -561,7 +577,7 @@ def train(cfg: Config, # the resolved config (not modified)
             print(f"resuming {run} from {ckpt.name}")
             for c in _config_changes(run / "config.yaml", cfg): print(f"  config changed since the last attempt: {c}")
         _start_folder(run, rp)
-        save_config(cfg, run / "config.yaml")
+        save_config(cfg, run / "config.yaml"); fam.run_files(run, cfg)
         _trim_log(log_path, _step(ckpt) if ckpt else -1)  # a fresh start keeps no row of an earlier attempt
     D.barrier(d)
     start = 0
@@ -602,7 +618,7 @@ def train(cfg: Config, # the resolved config (not modified)
             _test_kill("VLM3_TEST_KILL_AT_STEP", step)
             if va and (step % cfg.eval.eval_steps == 0 or step == p.total_steps): do_eval(step)
             if step % t.save_steps == 0 or step == p.total_steps:
-                ck = save_checkpoint(run, step, model, opt, sched, d, lora, {**state, "epoch": step / p.steps_per_epoch}, t.save_total_limit)
+                ck = save_checkpoint(run, step, model, opt, sched, d, lora, {**state, "epoch": step / p.steps_per_epoch}, t.save_total_limit, fam, loss)
                 if d.main:
                     for cb in callbacks:
                         if hasattr(cb, "on_save"): cb.on_save(step, ck)
@@ -613,9 +629,10 @@ def train(cfg: Config, # the resolved config (not modified)
         raise
     log.row({"step": step, "kind": "summary", "train_runtime": time.time() - t0}); log.close()
     if d.main:
+        wall = time.time() - t0
         extra = {"resumed_from": ckpt.name if ckpt else None, "n_train": len(tr), "n_val": len(va), "output": out.name,
-                 "world_size": d.world, "strategy": strategy, "plan": asdict(p)}
-        man = make_manifest(cfg, run, d.device, time.time() - t0, rows, step, step / p.steps_per_epoch, extra)
+                 "world_size": d.world, "strategy": strategy, "plan": asdict(p), **gpu_cost(cfg, d, wall)}
+        man = make_manifest(cfg, run, d.device, wall, rows, step, step / p.steps_per_epoch, extra)
         (run / "manifest.json").write_text(json.dumps(man, indent=2), encoding="utf-8")
         if push_to_hub:
             man["pushed_to"] = push_adapter(out, push_to_hub)
@@ -722,8 +739,7 @@ def train_flops(a, lm_tokens, image_tokens, stage="finetune", method="lora") -> 
 # %% ../nbs/05_train.ipynb #06568635
 def _proc_for_counts(cfg, recs):
     "The model's processor when on disk (or in the HF cache), else the family's offline stand-in with a tokenizer trained on the data."
-    from transformers import AutoProcessor
-    try: return AutoProcessor.from_pretrained(cfg.base_model, local_files_only=True, min_pixels=cfg.data.min_pixels, max_pixels=cfg.data.max_pixels), True
+    try: return get_family(cfg).load_processor(cfg.base_model, cfg), True
     except Exception: pass
     texts = [t["content"] for r in recs for t in r.turns] + [cfg.data.system_prompt]
     return get_family(cfg).offline_processor(texts, cfg), False

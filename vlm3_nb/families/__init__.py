@@ -5,6 +5,7 @@
 # %% ../../nbs/03_families.ipynb #0b056b04
 from __future__ import annotations
 import re
+from pathlib import Path
 from dataclasses import dataclass
 import torch
 from ..core import Vlm3Error
@@ -108,6 +109,7 @@ class Family:
     lm_pattern = ""  # regex fragment matching module names inside the language model (LoRA lives there)
     skip_quant = ()  # module-name prefixes a 4-bit load keeps in full precision
     tiny_sizes = ("tiny",)
+    lora_bypassed = ()  # Linear layers of the LM that the forward never calls as modules: a LoRA adapter there would never train
 
     # loading
     def load(self, path, dtype, quant, device): raise NotImplementedError  # -> (model, processor)
@@ -201,6 +203,25 @@ def _save_trained(self, model, processor, out, state_dict=None):
     return out
 
 Family.save_trained = _save_trained
+
+# %% ../../nbs/03_families.ipynb #069d1114
+def _is_model_path(self, p) -> bool: return (Path(p) / "config.json").is_file()
+
+def _weight_files(self, folder) -> list:
+    d = Path(folder)
+    return sorted(list(d.glob("*.safetensors")) + list(d.glob("*.bin")))
+
+def _load_processor(self, path, cfg=None):
+    from transformers import AutoProcessor
+    kw = dict(min_pixels=cfg.data.min_pixels, max_pixels=cfg.data.max_pixels) if cfg is not None else {}
+    return AutoProcessor.from_pretrained(str(path), local_files_only=True, **kw)
+
+Family.known_models = ()
+Family.is_model_path, Family.weight_files, Family.load_processor = _is_model_path, _weight_files, _load_processor
+Family.run_files = lambda self, run, cfg: None
+Family.checkpoint_saved = lambda self, run, step, epoch, loss, model, state_dict, lora, keep=0: None
+Family.load_checkpoint_into = lambda self, model, path: None
+Family.owns = lambda self, path: False  # is `path` (a folder, file or name) a model of this family? `models.family_of` asks each
 
 # %% ../../nbs/03_families.ipynb #141f9289
 FAMILIES = {}

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/03b_cobra.ipynb #3c3274e1
 from __future__ import annotations
-import copy, json, math, re
+import copy, json, math, os, re, shutil
 from pathlib import Path
 import torch
 from torch import nn
@@ -21,7 +21,7 @@ __all__ = ['VISION_BACKBONES', 'LLM_BACKBONES', 'MODEL_CONFIGS', 'ALIASES', 'HUB
            'FusedMLPProjector', 'make_projector', 'mamba_config', 'load_state', 'read_weights', 'load_mamba_ssm',
            'LLMBackbone', 'CobraVLM', 'train_tokenizer', 'with_image_token', 'CobraProcessor', 'tower_transforms',
            'zephyr_turns', 'save_cobra_checkpoint', 'checkpoint_file', 'load_cobra_checkpoint', 'make_spec',
-           'make_processor', 'backbone_dir', 'load_cobra', 'arch_spec', 'Cobra']
+           'make_processor', 'tiny_model', 'backbone_dir', 'run_of', 'load_cobra', 'arch_spec', 'Cobra']
 
 # %% ../../nbs/03b_cobra.ipynb #f7c62e03
 VISION_BACKBONES = {  # dinosiglip_vit.py: timm ids (and their hub repos), the square size every image is resized to
@@ -407,9 +407,13 @@ def save_cobra_checkpoint(model, # a CobraVLM
     return path
 
 def checkpoint_file(path) -> Path:
-    "The checkpoint at `path`: the file itself, or a run folder's `checkpoints/latest-checkpoint.pt` or `checkpoint-latest.pt`."
-    p = Path(path)
+    "The checkpoint at `path`: the file itself, or a run folder's `checkpoints/latest-checkpoint.pt` or `checkpoint-latest.pt` (either spelling)."
+    p = Path(path).expanduser()
     if p.is_file(): return p
+    if p.name in ("checkpoint-latest.pt", "latest-checkpoint.pt"):  # the guide's spelling for upstream's file, and back
+        twin = p.with_name("latest-checkpoint.pt" if p.name == "checkpoint-latest.pt" else "checkpoint-latest.pt")
+        if twin.is_file(): return twin
+        raise Vlm3Error(f"{p} does not exist (nor {twin.name} beside it); point at a run's checkpoints/latest-checkpoint.pt or a step-*.pt")
     for name in CKPT_NAMES:
         if (p / name).is_file(): return p / name
     raise Vlm3Error(f"{p} holds no Cobra checkpoint: looked for {' and '.join(str(p / n) for n in CKPT_NAMES)}")
@@ -449,14 +453,19 @@ def make_processor(model, tok) -> CobraProcessor:
 def _tiny_corpus() -> list:
     return list(corpus_text(pages=60, seed=0)) + ["<|user|>", "<|assistant|>", "What is the torque? Answer from the service manual page shown."] * 20
 
-def _build_tiny(self, out, size="tiny", seed=0):
-    if size not in self.tiny_sizes: raise Vlm3Error(f"unknown tiny Cobra size {size!r}; choose one of: {', '.join(self.tiny_sizes)}")
+def tiny_model(seed=0) -> tuple:
+    "`(model, processor)` of cobra-tiny, built in memory: a pure function of `seed` (what `--model.type cobra-tiny` trains)."
     tok = train_tokenizer(_tiny_corpus())
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = CobraVLM(make_spec("cobra-tiny", tok))
+    return model, make_processor(model, tok)
+
+def _build_tiny(self, out, size="tiny", seed=0):
+    if size not in self.tiny_sizes: raise Vlm3Error(f"unknown tiny Cobra size {size!r}; choose one of: {', '.join(self.tiny_sizes)}")
+    model, proc = tiny_model(seed)
     model.save_pretrained(out)
-    make_processor(model, tok).save_pretrained(out)
+    proc.save_pretrained(out)
     return Path(out)
 
 # %% ../../nbs/03b_cobra.ipynb #3ea309d4
@@ -482,13 +491,13 @@ def _native(folder):
     return model, CobraProcessor.from_pretrained(folder)
 
 # %% ../../nbs/03b_cobra.ipynb #7a39ba97
-def _upstream(folder, mc):
-    "A CobraVLM and processor from an upstream run folder: config.json's `model` section, its checkpoint, and the backbones it names."
+def _upstream(folder, mc, ck=None):
+    "A CobraVLM and processor from an upstream run folder: config.json's `model` section, its checkpoint (or `ck`), and the backbones it names."
     from transformers import AutoTokenizer
     from timm.models.vision_transformer import checkpoint_filter_fn
     for k, reg in (("vision_backbone_id", VISION_BACKBONES), ("llm_backbone_id", LLM_BACKBONES)):
         if mc.get(k) not in reg: raise Vlm3Error(f"{folder}/config.json: {k} {mc.get(k)!r} is not one of {', '.join(reg)}")
-    f = checkpoint_file(folder)
+    f = ck or checkpoint_file(folder)
     saved = set(torch.load(f, map_location="cpu", weights_only=True)["model"])  # (read twice: simple, and small next to the backbones)
     vb, lb = VISION_BACKBONES[mc["vision_backbone_id"]], LLM_BACKBONES[mc["llm_backbone_id"]]
     ld = backbone_dir(folder, "llm", lb["hub"])
@@ -505,12 +514,30 @@ def _upstream(folder, mc):
     load_cobra_checkpoint(model, f)
     return model, make_processor(model, tok)
 
+def run_of(ck) -> Path:
+    "The run folder a checkpoint file belongs to: `<run>/checkpoints/<file>.pt`, or `<run>/<file>.pt` (the guide's download)."
+    ck = Path(ck)
+    for d in (ck.parent.parent, ck.parent) if ck.parent.name == "checkpoints" else (ck.parent,):
+        if (d / "config.json").is_file(): return d
+    raise Vlm3Error(f"{ck}: no config.json in its run folder ({ck.parent.parent if ck.parent.name == 'checkpoints' else ck.parent}), so its architecture "
+                    f"is unknown; keep the checkpoint inside its run folder (runs/<run_id>/checkpoints/) or pass the run folder")
+
+def _our_run(folder, c, ck=None):
+    "A run this project trained: its base model (`config.json`'s `vlm3.base_model`), then the run's checkpoint strictly."
+    base = c["vlm3"]["base_model"]
+    if base not in MODEL_CONFIGS and base not in ALIASES and not Path(base).expanduser().exists():
+        raise Vlm3Error(f"{folder}/config.json: its base model {base!r} is gone; put it back, or edit vlm3.base_model there")
+    model, proc = load_cobra(base)
+    load_cobra_checkpoint(model, ck or checkpoint_file(folder))
+    return model, proc
+
 def load_cobra(path) -> tuple:
-    "`(model, processor)` from a saved folder, an upstream run folder, or a registered name (its run folder in the HF cache)."
-    folder = Path(str(path)).expanduser()
+    "`(model, processor)` from a saved folder, a run folder (ours or upstream's) or one of its `.pt` checkpoints, or a registered name."
+    folder, ck = Path(str(path)).expanduser(), None
+    if folder.suffix == ".pt": ck = checkpoint_file(folder); folder = run_of(ck)
     if not (folder / "config.json").is_file():
         mc = model_config(path)  # an unknown name fails here, listing the known ones
-        if mc["model_id"] == "cobra-tiny": raise Vlm3Error("cobra-tiny has no published weights; build it with `vlm3 build-tiny --family cobra --out DIR`")
+        if mc["model_id"] == "cobra-tiny": return tiny_model(0)
         d = _hub_dir(HUB_REPO, f"{mc['model_id']}/*")
         if d is None or not (d / mc["model_id"] / "config.json").is_file():
             raise Vlm3Error(f"Cobra model {path!r} is not in the Hugging Face cache; run `hf download {HUB_REPO} --include '{mc['model_id']}/*'` "
@@ -518,7 +545,8 @@ def load_cobra(path) -> tuple:
         folder = d / mc["model_id"]
     c = json.loads((folder / "config.json").read_text())
     if "vision" in c and (folder / "model.safetensors").is_file(): return _native(folder)
-    if "model" in c: return _upstream(folder, c["model"])
+    if "model" in c and "vlm3" in c: return _our_run(folder, c, ck)
+    if "model" in c: return _upstream(folder, c["model"], ck)
     raise Vlm3Error(f"{folder}/config.json is neither a saved Cobra model (no 'vision' section with model.safetensors) nor an upstream run (no 'model' section)")
 
 def _load(self, path, dtype, quant, device, cfg=None):
@@ -593,6 +621,75 @@ def _save_trained(self, model, processor, out, state_dict=None):
     save_cobra_checkpoint(model, Path(out) / CKPT_NAMES[0], state_dict=state_dict)
     return out
 
+# %% ../../nbs/03b_cobra.ipynb #c6a4b966
+def _run_files(self, run, cfg):
+    "Write Cobra's `config.json` into the run folder and link `logs/<run_id>.jsonl` to the run's log."
+    run = Path(run); base = cfg.base_model
+    if base not in self.known_models: base = str(Path(base).expanduser().resolve())
+    c = {"model": arch_spec(cfg.base_model)["model"], "dataset": {"type": cfg.data.dataset_type or None, "train_file": cfg.data.train_file,
+         "val_file": cfg.data.val_file, "images_root": cfg.data.images_root}, "stage": cfg.training.stage, "run_id": run.name,
+         "run_root_dir": str(run.parent), "seed": cfg.training.seed, "pretrained_checkpoint": cfg.training.pretrained_checkpoint or None,
+         "vlm3": {"base_model": base, "family": self.name, "method": cfg.method, "config": "config.yaml"}}
+    (run / "config.json").write_text(json.dumps(c, indent=2), encoding="utf-8")
+    (run / "logs").mkdir(parents=True, exist_ok=True)
+    link = run / "logs" / f"{run.name}.jsonl"
+    if not link.exists() and not link.is_symlink(): link.symlink_to("train.jsonl")
+
+def _checkpoint_saved(self, run, step, epoch, loss, model, state_dict, lora, keep=0):
+    "Upstream's `step-...pt` and `latest-checkpoint.pt` from the gathered trained weights (full-weight runs; LoRA keeps peft's layout)."
+    if lora: return None
+    keys = tuple(k for k in MODULE_KEYS if any(p.requires_grad for p in getattr(model, k).parameters()))  # what trains (the tied head may ride along in state_dict)
+    d = Path(run) / "checkpoints"
+    f = save_cobra_checkpoint(model, d / f"step-{step:06d}-epoch-{int(epoch):02d}-loss={loss:.4f}.pt", keys, state_dict)
+    tmp = d / "latest-checkpoint.pt.tmp"; shutil.copyfile(f, tmp); os.replace(tmp, d / "latest-checkpoint.pt")
+    if keep and keep > 0:
+        for old in sorted(d.glob("step-*.pt"))[:-keep]: old.unlink()
+    return f
+
+def _load_checkpoint_into(self, model, path):
+    "An earlier stage's Cobra checkpoint (a `.pt`, or a run folder holding one), every module it holds, strictly; None when `path` is no such thing."
+    p = Path(path).expanduser()
+    if not (p.suffix == ".pt" or any((p / n).is_file() for n in CKPT_NAMES)): return None
+    f = checkpoint_file(p)
+    keys = load_cobra_checkpoint(model, f)
+    names = {"vision_backbone": "vision", "projector": "projector", "llm_backbone": "llm"}
+    return {"from": str(f), "layout": "cobra", "groups": [names[k] for k in keys], "module_keys": keys}
+
+def _is_model_path(self, p) -> bool:
+    p = Path(p)
+    if p.suffix == ".pt":
+        try: return run_of(checkpoint_file(p)) is not None
+        except Vlm3Error: return False
+    return (p / "config.json").is_file()
+
+def _weight_files(self, p) -> list:
+    "The files whose bytes make the model: a native folder's weights, a run's checkpoint, and its base model's files."
+    p = Path(p)
+    try:
+        if p.suffix == ".pt": ck = checkpoint_file(p); run = run_of(ck)
+        else: run, ck = p, None
+        c = json.loads((run / "config.json").read_text()) if (run / "config.json").is_file() else {}
+        if "model" not in c: return []
+        files = [ck or checkpoint_file(run)]
+    except (Vlm3Error, json.JSONDecodeError, OSError): return []
+    base = c.get("vlm3", {}).get("base_model")
+    if base and Path(base).is_dir(): files += Family.weight_files(self, base) + self.weight_files(base)
+    return files
+
+def _owns(self, path) -> bool:
+    "A registered Cobra name, a `.pt` checkpoint, a saved Cobra folder or a Cobra run folder (ours or upstream's)."
+    if str(path) in self.known_models: return True
+    p = Path(str(path)).expanduser()
+    if p.suffix == ".pt": return True
+    try: c = json.loads((p / "config.json").read_text())
+    except (OSError, json.JSONDecodeError): return False
+    return isinstance(c, dict) and ("vision" in c and "llm" in c or "vision_backbone_id" in (c.get("model") or {}))
+
+def _load_processor(self, path, cfg=None):
+    p = Path(str(path)).expanduser()
+    if (p / "processor_config.json").is_file(): return CobraProcessor.from_pretrained(p)
+    return load_cobra(path)[1]
+
 # %% ../../nbs/03b_cobra.ipynb #3f076cdd
 class Cobra(Family):
     "Cobra (h-zhao1997/cobra) and its tiny offline build: timm DINOv2 + SigLIP, a fused MLP projector, transformers' Mamba."
@@ -609,5 +706,8 @@ class Cobra(Family):
     lora_targets, lora_bypassed = LORA_TARGETS, LORA_BYPASSED
     load, build_tiny, messages, encode, encode_ids, image_tokens, prompt_length = _load, _build_tiny, _messages, _encode, _encode_ids, _image_tokens, _prompt_length
     module_groups, layer_classes, arch, offline_processor, random_model, save_trained = _module_groups, _layer_classes, _arch, _offline_processor, _random_model, _save_trained
+    known_models = (*MODEL_CONFIGS, *ALIASES)
+    run_files, checkpoint_saved, load_checkpoint_into = _run_files, _checkpoint_saved, _load_checkpoint_into
+    is_model_path, weight_files, load_processor, owns = _is_model_path, _weight_files, _load_processor, _owns
 
 FAMILY = register(Cobra())

@@ -300,6 +300,14 @@ def _random_model(self, size, device, dtype=torch.bfloat16):
     return model, make_processor(tok)
 
 # %% ../../nbs/03a_qwen2_vl.ipynb #5063788f
+def _owns(self, path) -> bool:
+    "A Qwen2-VL folder (its config.json's model_type) or hub id."
+    p = Path(str(path)).expanduser()
+    if (p / "config.json").is_file():
+        try: return json.loads((p / "config.json").read_text()).get("model_type") in ("qwen2_vl", "qwen2_5_vl")
+        except (json.JSONDecodeError, AttributeError): return False
+    return bool(re.search(r"qwen2(\.5)?-vl", str(path), re.I)) and not p.exists()
+
 class Qwen2VL(Family):
     "Qwen2-VL (and its tiny offline build) through transformers' auto classes."
     name = "qwen2_vl"
@@ -314,6 +322,6 @@ class Qwen2VL(Family):
     tiny_sizes = tuple(TINY_SIZES)
     load, build_tiny, messages, encode, encode_ids, image_tokens, prompt_length = _load, _build_tiny, _messages, _encode, _encode_ids, _image_tokens, _prompt_length
     prefix_len, pack_positions, module_groups, layer_classes, arch = _prefix_len, _pack_positions, _module_groups, _layer_classes, _arch
-    offline_processor, random_model = _offline_processor, _random_model
+    offline_processor, random_model, owns = _offline_processor, _random_model, _owns
 
 FAMILY = register(Qwen2VL())
