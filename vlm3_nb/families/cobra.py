@@ -110,7 +110,11 @@ def mamba_config(ssm: dict):
                        conv_kernel=sc.get("d_conv", 4), expand=sc.get("expand", 2), time_step_rank=math.ceil(d / 16) if dt == "auto" else dt,
                        use_bias=sc.get("bias", False), use_conv_bias=sc.get("conv_bias", True), layer_norm_epsilon=ssm.get("norm_epsilon", 1e-5),
                        residual_in_fp32=ssm.get("residual_in_fp32", True), tie_word_embeddings=ssm.get("tie_embeddings", True),
-                       bos_token_id=0, eos_token_id=0, pad_token_id=0)
+                       bos_token_id=0, eos_token_id=0, pad_token_id=0, use_mambapy=_has_mambapy())
+
+def _has_mambapy() -> bool:
+    import importlib.util
+    return importlib.util.find_spec("mambapy") is not None
 
 # %% ../../nbs/03b_cobra.ipynb #71ed210c
 def _names(keys, n=3) -> str:
