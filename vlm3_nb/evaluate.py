@@ -12,17 +12,18 @@ from typing import Any, Optional
 from .core import Vlm3Error, Config, Thresholds, load_config, save_config, to_dict, validate_config
 from .data import Record, read_records, check_cot_tags, extract_conclusion, is_structured
 from .infer import predict, load_for_inference, run_config, answer_settings, adapter_run_dir
-from .metrics import (score_case, make_judge, judge_metrics, BudgetExceeded, JUDGE_KEYS, NumericExactMatch,
-                             KeywordPresence, numeric_match, bleu4)
+from .metrics import (score_case, make_judge, judge_metrics, BudgetExceeded, JUDGE_KEYS, PLAIN_KEYS, NumericExactMatch,
+                             KeywordPresence, numeric_match, bleu4, judge_key, last_calibration, calibration_warning)
 from .models import model_fingerprint
 
 # %% auto #0
-__all__ = ['CATEGORY_TYPES', 'EMPTY_PROBES', 'PROBE_KEYS', 'GROUNDING_KEYS', 'ENV', 'Case', 'val_cases', 'read_probes', 'take',
-           'load_cases', 'check_images', 'check_counts', 'check_eval_out', 'probe_passed', 'result_row',
-           'expected_conclusion', 'score_cases', 'metric_means', 'probe_summary', 'check_thresholds', 'metric_problems',
-           'grounding_subset', 'grounding_check', 'EvalSummary', 'format_settings', 'format_summary',
-           'structure_summary', 'generate_on_modal', 'preprocessing_warning', 'evaluate', 'eval_cmd', 'suite_settings',
-           'case_metrics', 'case_test_case']
+__all__ = ['CATEGORY_TYPES', 'EMPTY_PROBES', 'PROBE_KEYS', 'GROUNDING_KEYS', 'GPU_PRICES', 'ENV', 'Case', 'val_cases',
+           'read_probes', 'take', 'load_cases', 'check_images', 'check_counts', 'check_eval_out', 'probe_passed',
+           'result_row', 'expected_conclusion', 'score_cases', 'metric_means', 'probe_summary', 'check_thresholds',
+           'metric_problems', 'grounding_subset', 'grounding_check', 'EvalSummary', 'format_settings', 'format_summary',
+           'structure_summary', 'generate_on_modal', 'gpu_price', 'device_label', 'generation_cost',
+           'judge_calibration', 'preprocessing_warning', 'evaluate', 'eval_cmd', 'suite_settings', 'case_metrics',
+           'case_test_case']
 
 # %% ../nbs/08_evaluate.ipynb #d5409db2
 CATEGORY_TYPES = {"specifications": "specification", "procedures": "procedure", "diagrams": "diagram"}  # probe category -> content type
@@ -309,6 +310,7 @@ def grounding_check(cases, # Cases (only val cases are used)
             d[k] = dict(page=wp, blank=wb, delta=(round(wp - wb, 4) if both else None), n=len(both))
         return d
     return dict(per_type=per_type, n=len(sub), generated=page.generated + blank.generated, cached=page.cached + blank.cached,
+                preds=list(page) + list(blank),  # for the generation cost; not written to summary.json
                 overall=stats([x for v in per.values() for x in v]),
                 by_content_type={ct: stats(v) for ct, v in sorted(per.items())}, rows=rows)
 
@@ -329,11 +331,17 @@ def format_settings(st) -> str:
     return (f"settings from {st.get('config_source')}: pixels {st.get('min_pixels')}-{st.get('max_pixels')}, max_new_tokens {g.get('max_new_tokens')}, "
             f"{dec}, mode {st.get('mode')}, chat template {st.get('chat_template_sha') or 'not found'}, system prompt {sp[:60]!r}{'...' if len(sp) > 60 else ''}")
 
+def _gen_cost(g) -> str:
+    "' + generation 12.3 GPU-s on NVIDIA A10G ($0.0038)' (or the CPU seconds, not priced); '' for a summary without the fields."
+    if not g or "gpu_seconds" not in g: return ""
+    if not g.get("gpus"): return f" (judge) + generation {g['answers_s']:.1f} s on {g['device']} (not priced)"
+    return f" (judge) + generation {g['gpu_seconds']:.1f} GPU-s on {g['device']} (" + ("no price for this device in cost.*" if g.get("usd") is None else f"${g['usd']:.4f}") + ")"
+
 def format_summary(s) -> str:
     "The summary as markdown tables (readable as plain text too)."
     c = s["counts"]
     head = (f"model {s['model']}" + (f" + adapter {s['adapter']}" if s.get("adapter") else "") + f" (fingerprint {s['fingerprint']}), judge {s['judge']}\n"
-            f"{c['val']} val + {c['probes']} probes: {c['generated']} generated, {c['cached']} cached; cost ${s['cost'].get('usd', 0):.4f}")
+            f"{c['val']} val + {c['probes']} probes: {c['generated']} generated, {c['cached']} cached; cost ${s['cost'].get('usd', 0):.4f}{_gen_cost(s.get('generation'))}")
     if s.get("settings"): head += "\n" + format_settings(s["settings"])
     lines = ["| metric | mean | n | threshold | verdict |", "|---|---|---|---|---|"]
     th = s["thresholds"]
@@ -379,6 +387,46 @@ def generate_on_modal(cases, model, adapter, cfg, out, fingerprint, grounding=20
     if grounding:
         sub = [c.record for c in grounding_subset(cases, int(grounding))]
         predict_on_modal(sub, model, adapter, cfg, out_dir=out, fingerprint=fingerprint, variant="blank")
+
+# %% ../nbs/08_evaluate.ipynb #e8a1e002
+GPU_PRICES = (("H100", "h100_usd_per_h"), ("A100", "a100_80gb_usd_per_h"), ("A10", "a10g_usd_per_h"))  # device-name part -> cfg.cost key
+
+def gpu_price(device: str, cost) -> Optional[float]:
+    "USD per GPU-hour for `device` from `cost` (cfg.cost), by name (H100, A100, A10G); None for the CPU and for GPUs it has no price for."
+    name = str(device or "").upper()
+    return next((float(getattr(cost, k)) for part, k in GPU_PRICES if part in name), None)
+
+def device_label(device=None) -> tuple:
+    "(name, GPU count) of the device this eval generates on: ('NVIDIA A10G', 1) on CUDA, ('cpu', 0) otherwise."
+    import torch
+    dev = str(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if dev.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.device(dev).index or 0), 1
+    return "cpu", 0
+
+def generation_cost(preds, # every prediction row this eval used (answers and grounding variants)
+                    device: str, # device_label's name
+                    gpus: int, # GPUs one answer ran on
+                    cost) -> dict: # cfg.cost
+    "summary.json's `generation` cost fields: generation seconds (this run, and of every answer used), GPU-seconds, the device and $."
+    first = {}  # each answer once: the grounding check's with-page answers are the scored ones, read back from the cache
+    for i, r in enumerate(preds): first.setdefault(r.get("key") or i, r)  # generated now if its first use generated it
+    sec = lambda rs: round(sum(float(r.get("latency_s") or 0) for r in rs), 3)
+    now, every = sec([r for r in first.values() if not r.get("cached")]), sec(first.values())
+    price = gpu_price(device, cost) if gpus else None
+    gs = round(every * gpus, 3)
+    return dict(generate_s=now, answers_s=every, device=device, gpus=gpus, gpu_seconds=gs, usd_per_gpu_hour=price,
+                usd=None if price is None else round(gs / 3600 * price, 6))
+
+def judge_calibration(judge) -> dict:
+    "summary.json's `calibration`: the judge's last calibration and the rule-based metrics', with a warning when the judge has none or κ < KAPPA_MIN."
+    mets = {k: rec for k in PLAIN_KEYS if (rec := last_calibration(judge_key(f"metric:{k}"), k))}
+    if judge is None or judge == "none": return dict(judge=None, judge_key=None, warning=None, metrics=mets)
+    try: key = judge_key(judge if isinstance(judge, str) else getattr(judge, "calibration_key", ""))
+    except Vlm3Error: key = None  # a judge object with no registry name (a custom judge): never calibrated
+    rec = last_calibration(key) if key else None
+    w = calibration_warning(key or f"the judge {getattr(judge, 'get_model_name', lambda: judge)()}", rec)
+    return dict(judge=dict(rec, warning=w) if rec else None, judge_key=key, warning=w, metrics=mets)
 
 # %% ../nbs/08_evaluate.ipynb #fa618d80
 def preprocessing_warning(adapter, cfg) -> Optional[str]:
@@ -433,6 +481,8 @@ def evaluate(model, # base or merged model folder (or hub id); the baseline is t
     out = Path(out)
     jm = _judge(judge, out, budget)
     warnings = []
+    cal = judge_calibration(judge if isinstance(judge, str) or judge is None else jm)
+    if cal["warning"]: _warn(warnings, cal["warning"])
     if probes and not any(c.kind == "probe" for c in cases): warnings.append(f"{probes}: {EMPTY_PROBES}")  # read_probes said it already
     if src.kind == "seed" and adapter: _warn(warnings, f"using {src}; the adapter may have been trained with other pixel and generation settings: pass --config with its training config")
     if src.kind not in ("run", "seed") and (w := preprocessing_warning(adapter, cfg)): _warn(warnings, w)
@@ -451,6 +501,12 @@ def evaluate(model, # base or merged model folder (or hub id); the baseline is t
         if g and r["kind"] == "val" and r["id"] in g["rows"]: r["grounding"] = g["rows"][r["id"]]
     with open(out / "results.jsonl", "w", encoding="utf-8") as f:
         for r in rows: f.write(json.dumps(r, ensure_ascii=False, default=str) + "\n")
+    if backend == "modal":
+        from vlm3_nb.modal_app import EVAL_GPU
+        dev_name, n_gpu = f"{EVAL_GPU} (Modal)", 1
+    elif "m" in held: dev_name, n_gpu = device_label(next(held["m"][0].parameters()).device)
+    else: dev_name, n_gpu = device_label(device)  # nothing generated here: the device this run would have used
+    gen_cost = generation_cost(list(preds) + (g["preds"] if g else []), dev_name, n_gpu, cfg.cost)
     errors, failed = metric_problems(rows, jm)
     warnings += failed
     val = [r for r in rows if r["kind"] == "val"]
@@ -470,9 +526,10 @@ def evaluate(model, # base or merged model folder (or hub id); the baseline is t
         metrics=means, bleu4_corpus=(round(bleu4(ref, [r["conclusion"] for r in val if r["expected"]]), 2) if ref else None),
         structure=structure_summary(val), metrics_trace=(metric_means([dict(r, metrics=r["metrics_trace"]) for r in trace]) if trace else None),
         by_content_type=_by(val, "content_type"), probes=pr, thresholds=th, passed=(all(checked) if checked else None),
-        grounding=({k: v for k, v in g.items() if k != "rows"} if g else dict(n=0, per_type=0)),
+        grounding=({k: v for k, v in g.items() if k not in ("rows", "preds")} if g else dict(n=0, per_type=0)),
         cost=(jm.ledger.to_dict() if getattr(jm, "ledger", None) else dict(usd=0.0, calls=0)),
-        generation=dict(seconds=preds.seconds, tokens=sum(int(r.get("n_tokens") or 0) for r in preds if not r.get("cached"))),
+        generation=dict(seconds=preds.seconds, tokens=sum(int(r.get("n_tokens") or 0) for r in preds if not r.get("cached")), **gen_cost),
+        calibration=cal,
         seconds=round(time.perf_counter() - t0, 2), config=to_dict(cfg))
     (out / "summary.json").write_text(json.dumps(s, indent=2, default=str) + "\n", encoding="utf-8")
     return s

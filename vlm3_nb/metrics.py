@@ -27,8 +27,8 @@ __all__ = ['FTLB', 'INLB', 'KGFM', 'CANON', 'UNITS', 'NUMBER_WORDS', 'TORQUE_TOL
            'Quantity', 'extract_quantities', 'same_quantity', 'split_stages', 'numeric_report', 'numeric_match',
            'NumericExactMatch', 'stem', 'keyword_report', 'keyword_presence', 'KeywordPresence', 'bleu4',
            'sentence_bleu4', 'rouge_l', 'Bleu4', 'RougeL', 'price_for', 'BudgetExceeded', 'Ledger', 'JudgeCache',
-           'parse_json_reply', 'JudgeUnavailable', 'judge_down', 'CachedJudge', 'LocalJudge', 'make_judge',
-           'judge_metrics', 'score_case', 'score_metric', 'judge_key', 'calibrations_dir', 'calibration_warning',
+           'parse_json_reply', 'JudgeUnavailable', 'judge_down', 'CachedJudge', 'LocalJudge', 'judge_key', 'make_judge',
+           'judge_metrics', 'score_case', 'score_metric', 'calibrations_dir', 'calibration_warning',
            'record_calibration', 'last_calibration', 'caption_scores']
 
 # %% ../nbs/07_metrics.ipynb #6918728b
@@ -581,6 +581,14 @@ class LocalJudge(DeepEvalBaseLLM):
     async def a_generate(self, prompt, schema=None, **kwargs): return self.generate(prompt, schema=schema, **kwargs)
 
 # %% ../nbs/07_metrics.ipynb #4737c860
+def judge_key(spec: str) -> str:
+    "The registry name of a judge spec (`claude:<model>`, `local:<path>` made absolute) or of a metric (`metric:<key>`)."
+    kind, _, arg = str(spec or "").strip().partition(":")
+    kind, arg = kind.strip().lower(), arg.strip()
+    if kind == "local" and arg: return f"local:{Path(arg).expanduser().resolve()}"
+    if kind in ("claude", "metric") and arg: return f"{kind}:{arg}"
+    raise Vlm3Error(f"judge {spec!r} has no calibration name; use claude:<model>, local:<path> or metric:<key>")
+
 def make_judge(spec: str, run_dir=None, budget: Optional[float] = None) -> Optional[CachedJudge]:
     "Build the judge from `spec` (`none` | `claude:<model>` | `local:<path>`), cached in `run_dir`, capped at `budget` USD."
     spec = (spec or "none").strip()
@@ -598,7 +606,9 @@ def make_judge(spec: str, run_dir=None, budget: Optional[float] = None) -> Optio
     cache = JudgeCache(Path(run_dir) / "judge_cache.jsonl" if run_dir else None)
     fix = ("check ANTHROPIC_API_KEY, the model name and the network (and ANTHROPIC_BASE_URL if set)" if kind == "claude"
            else f"check that {arg} loads and runs")
-    return CachedJudge(inner, cache, Ledger(inner.get_model_name(), pin, pout, budget), fix)
+    cj = CachedJudge(inner, cache, Ledger(inner.get_model_name(), pin, pout, budget), fix)
+    cj.calibration_key = judge_key(spec)  # its name in the calibration registry
+    return cj
 
 # %% ../nbs/07_metrics.ipynb #f4929ea3
 GEVAL_CRITERIA = "Is the answer factually correct for the service manual information?"
@@ -682,14 +692,6 @@ def score_metric(key: str, # one of METRIC_KEYS
 
 # %% ../nbs/07_metrics.ipynb #d7a1e005
 KAPPA_MIN = 0.6  # a judge (or metric) below this agreement with known verdicts is flagged wherever its scores are shown
-
-def judge_key(spec: str) -> str:
-    "The registry name of a judge spec (`claude:<model>`, `local:<path>` made absolute) or of a metric (`metric:<key>`)."
-    kind, _, arg = str(spec or "").strip().partition(":")
-    kind, arg = kind.strip().lower(), arg.strip()
-    if kind == "local" and arg: return f"local:{Path(arg).expanduser().resolve()}"
-    if kind in ("claude", "metric") and arg: return f"{kind}:{arg}"
-    raise Vlm3Error(f"judge {spec!r} has no calibration name; use claude:<model>, local:<path> or metric:<key>")
 
 def calibrations_dir() -> Path:
     "Where calibration records are kept: $VLM3_CALIBRATIONS, else ~/.cache/vlm3/calibrations."
