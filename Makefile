@@ -91,3 +91,14 @@ lab: setup  ## JupyterLab on nbs/ with the project's kernel
 
 clean-venv:
 	rm -rf $(VENV)
+
+# The GPU bench: `make gpu-wheels` here, then `make bench-gpu` (or `python3 -m vlm3_nb bench gpu`) on a GPU machine with the
+# working tree and wheels/gpu/ (git-ignored) carried; README "GPU" has the exact device-tool command.
+.PHONY: bench-gpu gpu-wheels
+GPU_PY = $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
+
+bench-gpu:  ## every GPU figure in one process (< 8 min on one H100/H200, no network): reports/bench/gpu-<device>.json
+	PYTHONUNBUFFERED=1 $(GPU_PY) -m vlm3_nb bench gpu --out reports/bench
+
+gpu-wheels: setup  ## the wheels the bare GPU machine lacks (bitsandbytes, timm, fastcore, qwen-vl-utils) into wheels/gpu/ (< 60 MiB)
+	$(BIN)/python -c "from vlm3_nb.bench_gpu import download_wheels; s = download_wheels(); [print(f'{v:8.2f} MiB  {k}') for k, v in s.items()]; print(f'{sum(s.values()):8.2f} MiB  wheels/gpu/')"

@@ -17,8 +17,8 @@ from .collate import Collator
 from .packing import PACKING_MODES, PageCollator, eval_loss, pack_records, pack_stats
 from .train import GPUS, device_name, peak_mem_gb, train_flops, _pkg_version as pkg_version
 from .infer import load_for_inference, generate_batch, gen_kwargs
-from .serve import Engine, ServerThread, make_app, served_name, TOKEN_ENV
-from .demo import demo_config, run_demo
+# serve (fastapi) and demo (deepeval, through evaluate) are imported by the three commands that need them, inside:
+# `vlm3 bench gpu` imports this module on a bare GPU machine that has neither (see 14a_bench_gpu).
 
 # %% auto #0
 __all__ = ['BENCH_SIZES', 'slug', 'bench_env', 'write_bench', 'peak_tflops', 'bench_model', 'bench_validate', 'bench_train',
@@ -329,6 +329,7 @@ def bench_serve_cmd(url=None, # a running server; None = start one on loopback
                     route="chat", max_tokens=None,
                     out="reports/bench") -> int: # folder for serve-<where>.json; None = write nothing
     "CLI body of `vlm3 bench serve`: run `bench_serve`, print one line, save the JSON; returns the exit status."
+    from vlm3_nb.serve import Engine, ServerThread, make_app, served_name, TOKEN_ENV
     if url:
         res = bench_serve(url, token or os.environ.get(TOKEN_ENV), n, concurrency, route=route, max_tokens=max_tokens)
         where = "remote"
@@ -357,6 +358,7 @@ def bench_serve_cmd(url=None, # a running server; None = start one on loopback
 # %% ../nbs/14_bench.ipynb #d86f8979
 def bench_generate_cmd(out="reports/bench", n=30, max_new_tokens=128, batch_size=16, repeats=3) -> int:
     "Batched vs one-at-a-time greedy generation with the tiny model on the synthetic manual, as a ratio from one run."
+    from vlm3_nb.demo import demo_config
     with tempfile.TemporaryDirectory() as d:
         cfg = demo_config(d, f"generation.max_new_tokens={max_new_tokens}", f"generation.batch_size={batch_size}")
         synthesize(cfg.data.images_root, pages=8, seed=0); build_tiny(cfg.base_model, size="tiny")
@@ -367,6 +369,7 @@ def bench_generate_cmd(out="reports/bench", n=30, max_new_tokens=128, batch_size
 
 def bench_demo_cmd(out="reports/bench") -> int:
     "Wall time of the whole demo loop in a fresh folder (what `make demo` runs after setup)."
+    from vlm3_nb.demo import run_demo
     with tempfile.TemporaryDirectory() as d:
         t0 = time.time(); run_demo(Path(d) / "demo", Path(d) / "reports"); secs = time.time() - t0
     print(json.dumps(write_bench({**bench_env(), "demo_wall_s": round(secs, 1)}, out, "demo-cpu.json"), indent=1))

@@ -45,6 +45,9 @@ def _serve(a):
     return serve_cmd(a.model, a.adapter, a.host, a.port, a.token, a.config, a.insecure_no_auth, a.log_level)
 
 def _bench(a):
+    if a.what == "gpu":  # before `bench` is imported: the bare GPU machine gets the packages it lacks from wheels/gpu first
+        from vlm3_nb.bench_gpu import bench_gpu_cmd
+        return bench_gpu_cmd(out=a.out, smoke=a.smoke)
     from vlm3_nb import bench
     if a.what == "train": return bench.bench_cmd(a.size, a.method, a.steps, a.batch_size, a.image_size, out=a.out)
     if a.what == "serve":
@@ -143,8 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", default=None); s.add_argument("--insecure-no-auth", action="store_true")
     s.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     s.set_defaults(fn=_serve)
-    s = sub.add_parser("bench", help="benchmarks (not tests): train, generate, serve, validate, packing, demo; each records its device")
-    s.add_argument("what", choices=["train", "generate", "serve", "validate", "packing", "demo"])
+    s = sub.add_parser("bench", help="benchmarks (not tests): train, generate, serve, validate, packing, demo, gpu; each records its device")
+    s.add_argument("what", choices=["train", "generate", "serve", "validate", "packing", "demo", "gpu"])
+    s.add_argument("--smoke", action="store_true", help="gpu: the same code on CPU with the tiny models, every figure marked smoke")
     s.add_argument("--out", default="reports/bench")
     s.add_argument("--size", default="tiny", choices=["tiny", "small", "7b"]); s.add_argument("--method", default="lora", choices=["lora", "qlora"])
     s.add_argument("--steps", type=int, default=10); s.add_argument("--batch-size", type=int, default=1); s.add_argument("--image-size", default="1000x1400")
