@@ -217,10 +217,13 @@ def _sync(b):
     import torch
     if b.cuda: torch.cuda.synchronize()
 
-def _reset_peak(b):
+def _reset_peak(b) -> float | None:
+    "Free what earlier sections left, reset the peak; returns the GiB still allocated (what the coming peak includes beyond its own)."
     import torch
     b.free()
-    if b.cuda: torch.cuda.reset_peak_memory_stats()
+    if not b.cuda: return None
+    torch.cuda.reset_peak_memory_stats()
+    return round(torch.cuda.memory_allocated() / 2**30, 3)
 
 def _peak_gib(b) -> float:
     import torch
@@ -292,7 +295,7 @@ def _baseline(b, batch):
     from peft import LoraConfig, get_peft_model
     from vlm3_nb.collate import Collator
     p, s, cfg = b.plan, b.state, _cfg(b)
-    _reset_peak(b)
+    at_start = _reset_peak(b)
     model = AutoModelForImageTextToText.from_pretrained(s["model_dir"], dtype=b.dtype, device_map=b.device, attn_implementation="eager")
     model = get_peft_model(model, LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                                              target_modules=list(cfg.lora.target_modules), task_type="CAUSAL_LM"))
@@ -321,8 +324,8 @@ def _baseline(b, batch):
                pairs_per_s=round(sum(x["n"] for x in bs) / secs, 3), lm_tokens_per_s=round(real / secs, 1),
                padded_tokens_per_s=round(sum(x["padded"] for x in bs) / secs, 1), padding_waste=round(1 - real / sum(x["padded"] for x in bs), 4),
                seq_len=_lens([l for x in bs for l in x["lens"]]), padded_len=_lens([x["padded"] // x["n"] for x in bs]),
-               peak_mem_gib=round(_peak_gib(b), 2), model_tflops_per_s=round(fl / 1e12, 2), mfu=_mfu(b, fl), flops_rule=FLOPS_RULE,
-               train_loss=round(out.training_loss, 4), dtype="bf16 weights, bf16 autocast" if b.cuda else "fp32")
+               peak_mem_gib=round(_peak_gib(b), 2), allocated_at_start_gib=at_start, model_tflops_per_s=round(fl / 1e12, 2), mfu=_mfu(b, fl),
+               flops_rule=FLOPS_RULE, train_loss=round(out.training_loss, 4), dtype="bf16 weights, bf16 autocast" if b.cuda else "fp32")
     del tr, model
     return res
 
@@ -348,7 +351,7 @@ def _run_train(b, packing, batch, global_batch) -> dict:
     cfg = _cfg(b, **{"training.packing": packing, "training.batch_size": batch, "training.global_batch_size": global_batch,
                      "training.epochs": p["epochs"], "training.max_steps": -1, "training.gradient_checkpointing": "false",
                      "output_dir": str(b.tmp / f"run-{packing}")})
-    _reset_peak(b)
+    at_start = _reset_peak(b)
     t0 = time.time(); run = train(cfg); wall = time.time() - t0
     man = json.loads((run / "manifest.json").read_text()); plan = man["plan"]
     rows = [r for r in read_log(run) if r["kind"] == "train"]
@@ -365,7 +368,7 @@ def _run_train(b, packing, batch, global_batch) -> dict:
                 gradient_checkpointing=False, wall_s_per_epoch=round(secs, 3), s_per_step=round(statistics.median(dts), 4),
                 pairs_per_s=round(len(s["train"]) / secs, 3), lm_tokens_per_s=round(toks / secs, 1), lm_tokens_per_epoch=st["lm_tokens"],
                 vision_forwards_per_epoch=st["vision_forwards"], seq_len={"mean": round(st["lm_tokens"] / st["samples"], 1), "max": st["longest"]},
-                peak_mem_gib=round(max(r["peak_mem_gb"] for r in rows), 2), model_tflops_per_s=round(fl / 1e12, 2), mfu=_mfu(b, fl),
+                peak_mem_gib=round(max(r["peak_mem_gb"] for r in rows), 2), allocated_at_start_gib=at_start, model_tflops_per_s=round(fl / 1e12, 2), mfu=_mfu(b, fl),
                 flops_rule=FLOPS_RULE, train_loss=round(last[-1]["loss"], 4), run_wall_s=round(wall, 1),
                 dtype="bf16 weights, bf16 autocast" if b.cuda else "fp32")
 
@@ -431,8 +434,7 @@ def sec_qlora(b) -> dict:
     p, s = b.plan, b.state
     cfg = _cfg(b, **{"method": "qlora", "quantization.load_in_4bit": True, "quantization.cpu": not b.cuda, "training.batch_size": 1,
                      "training.gradient_checkpointing": "true"})  # what 'auto' gives on a GPU; explicit, so the smoke run takes the same path
-    fam = get_family(cfg); _reset_peak(b)
-    before = torch.cuda.memory_allocated() / 2**30 if b.cuda else None
+    fam = get_family(cfg); before = _reset_peak(b)
     t0 = time.time(); model, proc, _ = prepare_model(cfg, b.device); load_s = time.time() - t0
     q4 = [n for n, m in model.named_modules() if type(m).__module__.startswith("bitsandbytes") and type(m).__name__ == "Linear4bit"]
     loaded = torch.cuda.memory_allocated() / 2**30 if b.cuda else None
@@ -451,7 +453,7 @@ def sec_qlora(b) -> dict:
     del model, opt
     tok = int(bt["attention_mask"].sum())
     return {"qlora": dict(peak_mem_gib=round(peak, 2), peak_kind="torch.cuda.max_memory_allocated" if b.cuda else "process peak RSS (CPU smoke)",
-                          goal_gib=12, meets_goal=bool(peak <= 12), allocated_before_gib=before and round(before, 3),
+                          goal_gib=12, meets_goal=bool(peak <= 12), allocated_before_gib=before,
                           allocated_after_load_gib=loaded and round(loaded, 2), load_s=round(load_s, 1), batch_size=1,
                           seq_len=_lens([tok]), image_tokens=s["img"][rec.id], s_per_step=round(statistics.median(dts), 4),
                           lm_tokens_per_s=round(tok / statistics.median(dts), 1), pairs_per_s=round(1 / statistics.median(dts), 3),
