@@ -163,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=_demo)
     from vlm3_nb.reasoning import add_reasoning_commands  # prepare-llava-cot, eval-captions, reasoning-report, demo-reasoning
     add_reasoning_commands(sub)
+    from vlm3_nb.calibrate import add_calibrate_commands  # synth-gold, calibrate-judge
+    add_calibrate_commands(sub)
     from vlm3_nb.pretrain import add_pretrain_commands  # pretrain: Cobra's scripts/pretrain.py flags
     add_pretrain_commands(sub)
     return p
