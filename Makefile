@@ -26,7 +26,7 @@ PORT ?= 8000
 EVAL_ARGS = --model $(MODEL) $(if $(ADAPTER),--adapter $(ADAPTER)) --data $(DATA) --images-root $(IMAGES) --probes $(PROBES) --judge $(JUDGE) --config $(CONFIG)
 SUITE = $(BIN)/deepeval test run vlm3_nb/deepeval_suite/test_vlm.py --model $(MODEL) $(if $(ADAPTER),--adapter $(ADAPTER)) --data $(DATA) --images-root $(IMAGES) --probes $(PROBES) --judge $(JUDGE) --config $(CONFIG) --out $(EVAL_OUT)
 
-.PHONY: setup test demo demo-reasoning lab clean-venv sync-check preflight train train-dev eval eval-quick eval-probes eval-compare serve serve-local
+.PHONY: setup test demo demo-reasoning demo-cobra lab clean-venv sync-check preflight train train-dev eval eval-quick eval-probes eval-compare serve serve-local
 
 setup: $(STAMP)  ## create or refresh .venv from pyproject.toml (a no-op when nothing changed)
 
@@ -85,6 +85,9 @@ serve-local: setup  ## OpenAI-compatible server on 127.0.0.1:$(PORT); needs VLM3
 
 demo-reasoning: setup  ## structured reasoning on the embedded default: llava-cot synth, train, 4 QA + 4 caption evals, four-way report
 	@PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/vlm3 demo-reasoning --out runs/demo-reasoning --reports reports/demo-reasoning
+
+demo-cobra: setup  ## the Cobra + LLaVA-CoT guide on the embedded default: synth set, align, finetune from its checkpoint, 4 QA + 4 caption evals, report
+	@PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/vlm3 demo-cobra --out runs/demo-cobra --reports reports/demo-cobra
 
 lab: setup  ## JupyterLab on nbs/ with the project's kernel
 	$(BIN)/jupyter lab --notebook-dir=nbs

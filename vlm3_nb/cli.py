@@ -167,6 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_calibrate_commands(sub)
     from vlm3_nb.pretrain import add_pretrain_commands  # pretrain: Cobra's scripts/pretrain.py flags
     add_pretrain_commands(sub)
+    from vlm3_nb.demo_cobra import add_demo_cobra_commands  # demo-cobra: the Cobra guide on the embedded default
+    add_demo_cobra_commands(sub)
     return p
 
 def main(argv=None) -> int:

@@ -110,6 +110,9 @@ def full_state(model, d: Dist, trainable_only=True) -> dict:
     "The model's full state dict (only what trains, by default) on rank zero; {} on the other ranks. A collective call."
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
     sd = get_model_state_dict(model, options=_opts(full_state_dict=True, cpu_offload=True, ignore_frozen_params=trainable_only))
+    if trainable_only and d.main:  # a frozen tied weight (the LM head of a frozen embedding) still comes along under its second name: drop it
+        keep = {n for n, p in unwrap(model).named_parameters() if p.requires_grad}
+        sd = {k: v for k, v in sd.items() if k in keep}
     return sd if d.main else {}
 
 def load_full_state(model, sd, strict=False):

@@ -70,13 +70,13 @@ def run_config(model, # base or merged model folder (or hub id)
     elif config not in (None, ""): cfg, src = load_config(config, check=False), ConfigSource(f"config {config}", "file", config_path(config))
     elif adapter and (p := adapter_run_dir(adapter) / "config.yaml").is_file() and _vlm3_yaml(p):
         cfg, src = load_config(p, check=False), ConfigSource(f"the adapter's training run config {p}", "run", p)
-    elif (p := Path(str(model)).expanduser() / "config.yaml").is_file() and _vlm3_yaml(p):
+    elif model and (p := Path(str(model)).expanduser() / "config.yaml").is_file() and _vlm3_yaml(p):
         cfg, src = load_config(p, check=False), ConfigSource(f"the model folder's run config {p}", "model", p)
-    elif Path(str(model)).expanduser().name == "model" and (p := Path(str(model)).expanduser().parent / "config.yaml").is_file() and _vlm3_yaml(p):
+    elif model and Path(str(model)).expanduser().name == "model" and (p := Path(str(model)).expanduser().parent / "config.yaml").is_file() and _vlm3_yaml(p):
         cfg, src = load_config(p, check=False), ConfigSource(f"the trained model's run config {p}", "run", p)  # runs/<id>/model of a full-weight stage
     else: cfg, src = Config(), ConfigSource("the seed defaults" + (f" (no vlm3 config.yaml in the adapter's run folder {adapter_run_dir(adapter)})" if adapter else ""), "seed")
     ov = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
-    if (fam := family_of(model)) and fam != cfg.family and "family" not in ov:  # only its own family can open a model
+    if model and (fam := family_of(model)) and fam != cfg.family and "family" not in ov:  # only its own family can open a model
         cfg.family = fam; src = ConfigSource(f"{src}, family {fam} (the model's)", src.kind, src.path)
     for k, v in ov.items(): set_key(cfg, k, v, where="override: ")
     if ov: src = ConfigSource(f"{src} + override{'s' if len(ov) > 1 else ''} {', '.join(ov)}", src.kind, src.path)

@@ -14,7 +14,7 @@ from .core import Config, Vlm3Error, load_config
 from .data import Record, to_messages
 from .families import get_family
 from .collate import prompt_length
-from .infer import load_for_inference, _generate
+from .infer import load_for_inference, run_config, _generate
 from .synth import synthesize
 from .models import build_tiny
 
@@ -26,12 +26,10 @@ __all__ = ['CHARS_PER_TOKEN', 'TOKEN_ENV', 'log', 'LOOPBACK', 'serving_config', 
 
 # %% ../nbs/10_serve.ipynb #28604f0c
 def serving_config(config=None, # a Config, a YAML path or a shipped config name; None = look beside the adapter
-                   adapter=None) -> Config: # adapter folder; its run's config.yaml is used when `config` is None
-    "The config a server runs with: `config`, else the training run's config.yaml beside `adapter`, else the seed defaults."
-    if isinstance(config, Config): return copy.deepcopy(config)
-    if config: return load_config(config)
-    if adapter and (p := Path(adapter).parent / "config.yaml").is_file(): return load_config(p)
-    return Config()
+                   adapter=None, # adapter folder; its run's config.yaml is used when `config` is None
+                   model=None) -> Config: # the model served: a run folder's own config.yaml, and its family, count too
+    "The config a server runs with, resolved as `vlm3 eval` resolves it (`infer.run_config`): `config`, else the run's config.yaml, else the seed defaults."
+    return run_config(model, adapter, config)[0]
 
 def served_name(model_path, adapter=None) -> str:
     "The model name the API reports: the model folder's name, plus the run's name when an adapter is on top."
@@ -237,7 +235,7 @@ class Engine:
              cfg=None, # Config, YAML path or shipped name; None = the run's config.yaml beside the adapter, else defaults
              device=None, limits=None, name=None):
         "Load the model the way `vlm3 eval` does (`infer.load_for_inference`)."
-        cfg = serving_config(cfg, adapter)
+        cfg = serving_config(cfg, adapter, model_path)
         model, proc, fp = load_for_inference(model_path, adapter, cfg, device)
         return cls(model, proc, cfg, fp, name or served_name(model_path, adapter), limits)
 

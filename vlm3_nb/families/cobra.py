@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from fastcore.basics import patch
 from ..core import Vlm3Error
-from ..data import from_pipeline, record_id, to_messages
+from ..data import COT_TAGS, from_pipeline, record_id, to_messages
 from . import Arch, Family, ImageLimits, fit_length, register
 from ..synth import corpus_text
 
@@ -455,7 +455,8 @@ def make_processor(model, tok) -> CobraProcessor:
     return CobraProcessor(tok, v.image_size, tower_transforms(v), v.num_patches)
 
 def _tiny_corpus() -> list:
-    return list(corpus_text(pages=60, seed=0)) + ["<|user|>", "<|assistant|>", "What is the torque? Answer from the service manual page shown."] * 20
+    tags = " ".join(f"<{t}>" for t in COT_TAGS) + " " + " ".join(f"</{t}>" for t in COT_TAGS)  # LLaVA-CoT's tags: a few tokens each, not a dozen
+    return list(corpus_text(pages=60, seed=0)) + ["<|user|>", "<|assistant|>", "What is the torque? Answer from the service manual page shown.", tags] * 20
 
 def tiny_model(seed=0) -> tuple:
     "`(model, processor)` of cobra-tiny, built in memory: a pure function of `seed` (what `--model.type cobra-tiny` trains)."
