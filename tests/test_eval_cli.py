@@ -32,6 +32,10 @@ def test_eval_writes_results_and_summary(first):
     assert s["counts"]["generated"] == s["counts"]["total"] and s["counts"]["cached"] == 0
     assert (out / "config.yaml").is_file() and (out / "predictions.jsonl").is_file()
     assert "probe_pass_rate" in r.stdout  # the summary table is printed
+    g = s["generation"]  # what generating the answers cost, measured: seconds on the device, GPU-seconds, $ where priced
+    assert g["answers_s"] == g["generate_s"] > 0 and g["gpu_seconds"] == round(g["answers_s"] * g["gpus"], 3)
+    if g["gpus"] == 0: assert (g["device"], g["usd"]) == ("cpu", None) and "s on cpu (not priced)" in r.stdout
+    assert s["calibration"] == {"judge": None, "judge_key": None, "warning": None, "metrics": s["calibration"]["metrics"]}  # judge none: nothing to calibrate
 
 
 def test_judge_none_reports_not_run(first):

@@ -44,6 +44,7 @@ def test_report_writes_scrubbed_notebook_and_html(evals, tmp_path):
     assert "Overall scores against thresholds" in page and "Run manifest" in page
     assert "data:image/jpeg;base64," in page  # page thumbnails are inline: the HTML stands alone
     assert "[ANTHROPIC_API_KEY redacted]" in page  # the leak was in the input and was scrubbed
+    assert "has no calibration on record" in page and "vlm3 calibrate-judge" in page  # B's judge metrics came from an uncalibrated judge
     for p, text in _outputs(out).items(): assert SECRET not in text, p
     assert SECRET not in r.stdout + r.stderr
 
@@ -64,6 +65,15 @@ def test_compare_json_html_and_no_secret(evals, tmp_path):
     assert res["metrics"]["faithfulness"]["n"] == 0 and "not run" in res["metrics"]["faithfulness"]["status"]  # never a 0 score
     for ct, d in res["by_content_type"].items():
         s = d["keyword_presence"]; assert s["lower"] <= s["delta"] <= s["upper"], ct
+        assert s["cluster_unit"] == "page" and s["n_clusters"] == 2 and s["naive_lower"] <= s["delta"] <= s["naive_upper"], (ct, s)
+    assert res["cluster"] == {"requested": "auto", "unit": "page", "n_clusters": 6}  # the fixture's 18 questions sit on 6 pages
+    for m, s in scored.items():  # the clustered interval, the naive one beside it, the design effect and the MDD
+        assert s["cluster_unit"] == "page" and s["naive_lower"] <= s["delta"] <= s["naive_upper"], (m, s)
+        assert s["n_clusters"] == (2 if m == "numeric_exact_match" else 6), (m, s)  # exact numbers only on the specification pages
+        assert s["mdd"] > 0 and ("design_effect" in s)
+    assert "resampling 6 pages" in r.stdout and "design effect" in r.stdout and "MDD" in r.stdout
+    assert res["cost"]["spent"]["not_recorded"] == ["A eval generation", "B eval generation"]  # fixtures record no generation time ...
+    assert res["cost"]["per_point"]["keyword_presence"]["note"] == "B is not a trained run: no training cost"  # ... and B has no run
     assert all(f["passed_a"] and not f["passed_b"] for f in res["flips"]["pass_to_fail"])
     assert all(f["passed_b"] and not f["passed_a"] for f in res["flips"]["fail_to_pass"])
     assert "fx-000" in [f["id"] for f in res["flips"]["pass_to_fail"]]  # so its leaking prediction is in compare.json ...
@@ -209,3 +219,25 @@ def test_run_notebook_parameters_parse(nb):
     assert len(names) >= 5
     for n in names: assert f"  {n}: " in r.stdout, (n, r.stdout)
     assert "Unknown type" not in r.stdout and "Unable to parse" not in r.stdout + r.stderr, r.stdout
+
+
+def test_compare_prices_the_gain_from_the_training_manifest(tmp_path):
+    "B's adapter comes from a run whose manifest records GPU-seconds and a price: compare.json and the console give $ spent and $ per point with its range."
+    gen = lambda s: {"generation": dict(generate_s=s, answers_s=s, seconds=s, gpu_seconds=s, device="NVIDIA A10G", gpus=1, usd_per_gpu_hour=1.1, usd=round(s / 3600 * 1.1, 6))}
+    a = example_eval_dir(tmp_path / "a", seed=3, extra=gen(60.0))
+    b = example_eval_dir(tmp_path / "b", seed=3, shift=0.1, page_effect=0.05, extra=gen(66.0),
+                         train_manifest=dict(gpu_seconds=7200.0, device="NVIDIA A100-SXM4-80GB", gpus=2, usd_per_gpu_hour=2.5))
+    r = vlm3("compare", a, b, "--out", tmp_path / "c", "--n-boot", 300, "--no-report")
+    assert r.returncode == 0, r.stderr
+    c = json.loads((tmp_path / "c" / "compare.json").read_text())["cost"]
+    assert c["b"]["training"]["usd"] == 5.0 and c["b"]["training"]["gpus"] == 2 and c["a"]["training"]["status"] == "none"
+    assert abs(c["spent"]["usd"] - (5.0 + 126 / 3600 * 1.1)) < 1e-6 and not c["spent"]["not_recorded"]
+    p = c["per_point"]["keyword_presence"]
+    assert p["points"] > 0 and abs(p["usd_per_point"] - 5.0 / p["points"]) < 1e-6 and p["lower"] <= p["usd_per_point"]
+    assert "B training: 7200.0 GPU-s (2 × NVIDIA A100-SXM4-80GB) at $2.50/GPU-h = $5.00" in r.stdout and "$ per point keyword_presence" in r.stdout
+    # the same B after its run folder moved: not recorded, and said so instead of a guess
+    import shutil; shutil.rmtree(b / "run")
+    r = vlm3("compare", a, b, "--out", tmp_path / "c2", "--n-boot", 100, "--no-report")
+    c = json.loads((tmp_path / "c2" / "compare.json").read_text())["cost"]
+    assert c["b"]["training"]["status"] == "not recorded" and "no manifest.json in" in c["b"]["training"]["why"]
+    assert c["per_point"]["keyword_presence"]["note"] == "training cost not recorded" and "not recorded: B training" in r.stdout

@@ -730,7 +730,7 @@ def eval_cost(run: EvalRun) -> dict:
     judge = _num(c.get("usd")) if run.summary.get("judge", "none") != "none" else 0.0
     if "gpu_seconds" not in g: return dict(status="not recorded", usd=None, judge_usd=judge, why="summary.json has no generation.gpu_seconds (an eval from before cost was recorded)")
     usd = _num(g.get("usd"))
-    return dict(status="recorded", device=g.get("device"), gpus=g.get("gpus"), gpu_seconds=_num(g.get("gpu_seconds")), seconds=_num(g.get("seconds")),
+    return dict(status="recorded", device=g.get("device"), gpus=g.get("gpus"), gpu_seconds=_num(g.get("gpu_seconds")), seconds=_num(g.get("answers_s", g.get("seconds"))),
                 usd_per_gpu_hour=_num(g.get("usd_per_gpu_hour")), usd=usd, judge_usd=judge,
                 why=None if usd is not None else f"{g.get('device')}: not priced" + ("" if str(g.get("device", "")).startswith("cpu") else " (no price for this device in cost.*)"))
 
