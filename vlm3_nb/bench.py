@@ -22,8 +22,8 @@ from .infer import load_for_inference, generate_batch, gen_kwargs
 
 # %% auto #0
 __all__ = ['BENCH_SIZES', 'slug', 'bench_env', 'write_bench', 'peak_tflops', 'bench_model', 'bench_validate', 'bench_train',
-           'bench_cmd', 'bench_packing', 'bench_packing_cmd', 'bench_generate', 'bench_serve', 'bench_serve_cmd',
-           'bench_generate_cmd', 'bench_demo_cmd']
+           'bench_cmd', 'set_scan', 'bench_train_cobra', 'bench_cobra_cmd', 'bench_packing', 'bench_packing_cmd',
+           'bench_generate', 'bench_serve', 'bench_serve_cmd', 'bench_generate_cmd', 'bench_demo_cmd']
 
 # %% ../nbs/14_bench.ipynb #1f68c631
 _PEAK_TFLOPS = [("H100 PCIe", 756), ("H100", 989), ("H200", 989), ("A100", 312), ("L40S", 362), ("L4", 121)]  # dense bf16; first match in the name
@@ -143,6 +143,66 @@ def bench_cmd(size="tiny", method="lora", steps=10, batch_size=1,
     mfu = f", MFU {100 * r['mfu']:.1f}%" if r["mfu"] else ""
     print(f"{r['device']} {size}/{method}: {r['tokens_per_s']:,.0f} tokens/s, {r['samples_per_s']:.2f} samples/s, {r['s_per_step']:.3f} s/step, "
           f"peak {r['peak_mem_gb']:.2f} GiB ({r['peak_mem_kind']}){mfu} -> {r.get('path')}")
+    return 0
+
+# %% ../nbs/14_bench.ipynb #66b2a2ae
+def set_scan(model, mambapy: bool):
+    "Route every Mamba mixer of a Cobra model through mambapy's parallel scan (True) or transformers' sequential loop (False)."
+    model.llm.config.use_mambapy = mambapy
+    for layer in model.llm.backbone.layers: layer.mixer.use_mambapy = mambapy
+
+def bench_train_cobra(size="tiny", # tiny | 3b (cobra+3b's architecture, random weights; GPU only)
+                      steps=5, # timed optimizer steps per scan path
+                      batch_size=4, # records per step (synthetic LLaVA-CoT answers, right-padded)
+                      warmup=1, out="reports/bench") -> dict:
+    "Time full-weight finetune-stage steps of Cobra: s/step and tokens/s for the reference scan and mambapy's, and their ratio."
+    import importlib.util
+    fam = get_family("cobra"); device = default_device(); cuda = device.startswith("cuda")
+    if size == "3b" and not cuda: raise Vlm3Error("bench size '3b' needs a GPU: cobra+3b has 3.5 B parameters")
+    if size not in ("tiny", "3b"): raise Vlm3Error(f"Cobra bench size {size!r}: choose tiny or 3b")
+    paths = ["reference"] + (["mambapy"] if importlib.util.find_spec("mambapy") else [])
+    kern = all(importlib.util.find_spec(m) for m in ("mamba_ssm", "causal_conv1d")) and cuda
+    with tempfile.TemporaryDirectory() as d:
+        s = synthesize(Path(d), pages=2, qa_per_page=max(2, batch_size), style="llava-cot", val_frac=0)
+        torch.manual_seed(0)
+        model, proc = fam.load("cobra-tiny", torch.float32, None, device) if size == "tiny" else fam.random_model(size, device, torch.bfloat16)
+        cfg = load_config(None, {"family": "cobra", "method": "full", "training.stage": "finetune", "data.images_root": d, "data.max_length": 2048})
+        recs = read_records(Path(d) / "vlm_train.jsonl")[:batch_size]
+        batch = {k: v.to(device) for k, v in Collator(proc, cfg)(recs).items() if torch.is_tensor(v)}
+        fam.freeze(model, "finetune", "full"); model.train()
+        if cuda: model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+        amp = torch.autocast("cuda", dtype=fam.half_dtype) if cuda else contextlib.nullcontext()
+        times, losses = {p: [] for p in paths}, {}
+        for i in range(warmup + steps):
+            for p in paths:
+                set_scan(model, p == "mambapy")
+                if cuda: torch.cuda.synchronize()
+                t = time.perf_counter()
+                with amp: loss = model(**batch).loss
+                loss.backward(); opt.step(); opt.zero_grad(set_to_none=True)
+                if cuda: torch.cuda.synchronize()
+                if i >= warmup: times[p].append(time.perf_counter() - t); losses[p] = loss.item()
+        a = fam.arch("cobra-tiny" if size == "tiny" else "cobra+3b")
+    tok = int(batch["attention_mask"].sum())
+    med = {p: statistics.median(v) for p, v in times.items()}
+    if not all(math.isfinite(v) for v in losses.values()): raise Vlm3Error(f"bench cobra {size}: a loss is not finite ({losses}); the measurement is void")
+    env = bench_env(device)
+    res = dict(family="cobra", size=size, stage="finetune", method="full", params=a.total, steps=steps, warmup=warmup, batch_size=batch_size,
+               seq_len=int(batch["input_ids"].shape[1]), lm_tokens=tok, dtype="bf16 autocast" if cuda else "fp32",
+               kernels="mamba-ssm + causal-conv1d CUDA kernels replace both paths" if kern else "none (torch paths)",
+               paths={p: dict(s_per_step=round(med[p], 4), tokens_per_s=round(tok / med[p], 1), samples_per_s=round(batch_size / med[p], 2),
+                              loss=round(losses[p], 4)) for p in paths},
+               mambapy_speedup=round(med["reference"] / med["mambapy"], 2) if "mambapy" in med else None,
+               peak_mem_gb=peak_mem_gb(), **env)
+    return write_bench(res, out, f"train-{slug(env['device']) if cuda else 'cpu'}-cobra-{size}.json")
+
+def bench_cobra_cmd(size="tiny", steps=5, batch_size=4, out="reports/bench") -> int:
+    "CLI body of `vlm3 bench train --family cobra`: run `bench_train_cobra`, print one line per scan path; returns the exit status."
+    r = bench_train_cobra(size, steps, batch_size, out=out)
+    for p, v in r["paths"].items():
+        print(f"{r['device']} cobra-{size} finetune ({p} scan): {v['tokens_per_s']:,.0f} tokens/s, {v['s_per_step']:.3f} s/step, batch {batch_size}, seq {r['seq_len']}")
+    if r["mambapy_speedup"]: print(f"mambapy / reference speed-up: {r['mambapy_speedup']:.2f}x (same run, interleaved steps); kernels: {r['kernels']} -> {r.get('path')}")
     return 0
 
 # %% ../nbs/14_bench.ipynb #45672044

@@ -15,7 +15,7 @@ __all__ = ['GPU_WHEELS', 'WHEELS_DIR', 'WHEELS_LIMIT_MB', 'GPU_PYTHON', 'SEED_PA
            'sec_cost', 'bench_gpu', 'bench_gpu_cmd']
 
 # %% ../nbs/14a_bench_gpu.ipynb #dccd980f
-GPU_WHEELS = {"bitsandbytes": "bitsandbytes", "timm": "timm", "fastcore": "fastcore", "qwen_vl_utils": "qwen-vl-utils"}  # module -> distribution
+GPU_WHEELS = {"bitsandbytes": "bitsandbytes", "timm": "timm", "fastcore": "fastcore", "qwen_vl_utils": "qwen-vl-utils", "mambapy": "mambapy"}  # module -> distribution
 WHEELS_DIR = "wheels/gpu"
 WHEELS_LIMIT_MB = 60
 GPU_PYTHON = "3.12"
@@ -475,6 +475,7 @@ def sec_cobra(b) -> dict:
     kern = {m: importlib.util.find_spec(m) is not None for m in ("mamba_ssm", "causal_conv1d")}
     torch.manual_seed(0); _reset_peak(b)
     model, proc = fam.random_model(p["cobra_size"], b.device, b.dtype)
+    pscan = bool(model.llm.config.use_mambapy)  # transformers' parallel-scan path, taken when mambapy is importable (carried in the wheels)
     cfg = _cfg(b, **{"family": "cobra", "base_model": model.name_or_path, "lora.target_modules": list(fam.lora_targets),
                      "training.gradient_checkpointing": "true"})  # as 'auto' on a GPU, and on CPU too for the smoke run
     gc_on = use_gradient_checkpointing(cfg, b.device)
@@ -495,7 +496,9 @@ def sec_cobra(b) -> dict:
     dts = dts[p["cobra_warmup"]:]
     tok, dt = int(bt["attention_mask"].sum()), statistics.median(dts)
     fl = (train_flops(a, tok, 0) + 6 * a.lora * tok + a.vision_flops(patches * len(recs))) / dt
-    path = "mamba-ssm CUDA kernels" if b.cuda and all(kern.values()) else "reference path: transformers' torch selective scan, sequential over tokens (no mamba-ssm)"
+    path = ("mamba-ssm CUDA kernels" if b.cuda and all(kern.values()) else
+            "mambapy parallel scan (transformers' use_mambapy path; no mamba-ssm)" if pscan else
+            "reference path: transformers' torch selective scan, sequential over tokens (no mamba-ssm, no mambapy)")
     del model, opt
     return {"cobra": dict(model=cfg.base_model, params=a.total, lora_params=a.lora, lora_targets=list(cfg.lora.target_modules),
                           batch_size=len(recs), seq_len=_lens(bt["attention_mask"].sum(1).tolist()), timed_steps=len(dts),

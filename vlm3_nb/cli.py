@@ -49,6 +49,7 @@ def _bench(a):
         from vlm3_nb.bench_gpu import bench_gpu_cmd
         return bench_gpu_cmd(out=a.out, smoke=a.smoke)
     from vlm3_nb import bench
+    if a.what == "train" and a.family == "cobra": return bench.bench_cobra_cmd(a.size, a.steps, a.batch_size, out=a.out)
     if a.what == "train": return bench.bench_cmd(a.size, a.method, a.steps, a.batch_size, a.image_size, out=a.out)
     if a.what == "serve":
         return bench.bench_serve_cmd(a.url, a.token, a.n or 200, a.concurrency, a.model, a.adapter, a.config, a.route, a.max_tokens, out=a.out)
@@ -150,7 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("what", choices=["train", "generate", "serve", "validate", "packing", "demo", "gpu"])
     s.add_argument("--smoke", action="store_true", help="gpu: the same code on CPU with the tiny models, every figure marked smoke")
     s.add_argument("--out", default="reports/bench")
-    s.add_argument("--size", default="tiny", choices=["tiny", "small", "7b"]); s.add_argument("--method", default="lora", choices=["lora", "qlora"])
+    s.add_argument("--size", default="tiny", choices=["tiny", "small", "7b", "3b"], help="qwen2_vl: tiny, small, 7b; cobra: tiny, 3b (cobra+3b)")
+    s.add_argument("--method", default="lora", choices=["lora", "qlora"])
+    s.add_argument("--family", default="qwen2_vl", choices=["qwen2_vl", "cobra"], help="train: cobra times the finetune stage, reference scan vs mambapy")
     s.add_argument("--steps", type=int, default=10); s.add_argument("--batch-size", type=int, default=1); s.add_argument("--image-size", default="1000x1400")
     s.add_argument("--url", default=None); s.add_argument("--token", default=None); s.add_argument("--n", type=int, default=None, help="requests (serve, 200) or records (validate, 12410)")
     s.add_argument("--concurrency", type=int, default=50); s.add_argument("--model", default=None); s.add_argument("--adapter", default=None)
