@@ -430,7 +430,7 @@ def grounding_md(run: EvalRun) -> str | None:
                                [[ct, st.get("n"), _f(st.get("changed"), 2)] + [_gcell(st.get(k)) for k in keys] for ct, st in items])
     return "```json\n" + json.dumps(g, indent=2) + "\n```"  # a shape this report does not know yet: shown as it is
 
-MANIFEST_SKIP = {"metrics", "by_content_type", "grounding", "thresholds", "passed", "probes", "config", "settings"}  # shown elsewhere, or too long
+MANIFEST_SKIP = {"metrics", "by_content_type", "grounding", "thresholds", "passed", "probes", "config", "settings", "calibration"}  # shown elsewhere, or too long
 
 def manifest(run: EvalRun) -> dict:
     "What was evaluated: the eval folder, then summary.json's top-level facts (model, adapter, fingerprint, judge, cost, counts, ...)."
@@ -722,7 +722,9 @@ def train_cost(run: EvalRun) -> dict:
     if gs is None: return dict(out, status="not recorded", usd=None, why=f"{f} has no gpu_seconds (written before training cost was recorded)")
     usd = _num(m.get("usd"))
     if usd is None and price is not None: usd = gs / 3600 * price
-    return dict(out, usd=None if usd is None else round(usd, 6), why=None if usd is not None else f"no GPU price for device {m.get('device')!r} in the manifest")
+    cpu = not m.get("gpus") or str(m.get("device") or "").startswith("cpu")
+    why = None if usd is not None else f"{m.get('device')}: CPU time is not priced" if cpu else f"no GPU price for device {m.get('device')!r} in the manifest"
+    return dict(out, usd=None if usd is None else round(usd, 6), why=why)
 
 def eval_cost(run: EvalRun) -> dict:
     "The eval's own cost from summary.json: generation GPU-seconds on its device and their $, and the judge's $."
@@ -740,11 +742,12 @@ def scale_of(metric, scores=()) -> int:
 
 def cost_per_point(usd, # what the gain cost (B's training $), or None when not recorded
                    s, # a metric's comparison: delta, lower, upper
-                   scale=100) -> dict: # points per unit of the metric
+                   scale=100, # points per unit of the metric
+                   why="training cost not recorded") -> dict: # what to say when `usd` is None
     "$ per point of gain and the range the delta's interval allows (None = unbounded or undefined, with a note)."
     pts = [None if s.get(k) is None else round(s[k] * scale, 6) for k in ("delta", "lower", "upper")]
     out = dict(points=pts[0], points_lower=pts[1], points_upper=pts[2], usd=usd, usd_per_point=None, lower=None, upper=None)
-    if usd is None: return dict(out, note="training cost not recorded")
+    if usd is None: return dict(out, note=why)
     if pts[0] is None: return dict(out, note="not scored in both runs")
     if pts[0] <= 0: return dict(out, note="no gain: $ per point is not defined")
     r = lambda x: round(usd / x, 6)
@@ -767,7 +770,8 @@ def compare_cost(A: EvalRun, B: EvalRun, metrics: dict) -> dict:
     tb = sides["b"]["training"]
     inv = None if tb["status"] != "recorded" else tb["usd"]
     scores = lambda m: [s for r in B.val for s in [score_of(r, m)]]
-    per = {m: (cost_per_point(inv, s, scale_of(m, scores(m))) if tb["status"] != "none" else dict(usd_per_point=None, note="B is not a trained run: no training cost"))
+    why = "training cost not recorded" if tb["status"] != "recorded" else f"B's training is not priced ({tb['why']})"
+    per = {m: (cost_per_point(inv, s, scale_of(m, scores(m)), why) if tb["status"] != "none" else dict(usd_per_point=None, note="B is not a trained run: no training cost"))
            for m, s in metrics.items() if s["n"]}
     return dict(a=sides["a"], b=sides["b"], spent=dict(usd=round(sum(known.values()), 6), parts=known, unpriced=unpriced, not_recorded=missing),
                 per_point=per, investment="B's training")
@@ -821,7 +825,8 @@ def compare_md(res: dict) -> str:
         if not s["n"]: rows.append([m, 0, "—", "—", "—", s["status"], "—", "—", "—", "—", "—", "—"]); continue
         rows.append([m, s["n"], s.get("n_clusters", "—"), _f(s["a"]), _f(s["b"]), _delta(s), _iv(s.get("naive_lower"), s.get("naive_upper")),
                      _f(s.get("design_effect"), 2), _f(s.get("mdd")), f"{s['wins']}/{s['losses']}/{s['ties']}", f"{s['pass_to_fail']}/{s['fail_to_pass']}", s["verdict"]])
-    return head + md_table(["metric", "n", "clusters", "A", "B", "Δ B−A [95% CI]", "naive CI", "design effect", "MDD (80%)", "W/L/T", "pass→fail / fail→pass", "verdict"], rows)
+    notes = "".join(f"\n\n_{m}: {s['note']}._" for m, s in res["metrics"].items() if s.get("note"))
+    return head + md_table(["metric", "n", "clusters", "A", "B", "Δ B−A [95% CI]", "naive CI", "design effect", "MDD (80%)", "W/L/T", "pass→fail / fail→pass", "verdict"], rows) + notes
 
 def compare_settings_md(res: dict) -> str:
     "The settings of A and B side by side (each eval's `settings` block when it has one); differences that change an answer are marked."
@@ -836,7 +841,8 @@ def compare_settings_md(res: dict) -> str:
 def compare_by_type_md(res: dict) -> str:
     "Deltas per content type (rows) and metric (columns), each with its clustered CI, n, clusters and naive CI, or why there is no score."
     names = list(res["metrics"])
-    cell = lambda s: f"{_delta(s)} (n={s['n']}, {s.get('n_clusters', '?')} clusters; naive {_iv(s.get('naive_lower'), s.get('naive_upper'))})" if s["n"] else s["status"]
+    few = lambda s: "" if not s.get("note") else " ⚠ one page: no clustered CI" if s["lower"] is None else " ⚠ few pages: the wider CI"
+    cell = lambda s: f"{_delta(s)} (n={s['n']}, {s.get('n_clusters', '?')} clusters; naive {_iv(s.get('naive_lower'), s.get('naive_upper'))}){few(s)}" if s["n"] else s["status"]
     return md_table(["content type"] + names, [[ct] + [cell(d[m]) for m in names] for ct, d in res["by_content_type"].items()])
 
 def _usd(v): return "—" if v is None else f"${v:,.4f}" if v < 1 else f"${v:,.2f}"
