@@ -39,7 +39,7 @@ def env(tmp_path_factory):
         assert r.returncode == 0, f"{name}: " + r.stdout[-1500:] + r.stderr[-4000:]
     ft = ["--stage", "finetune", "--pretrained_checkpoint", str(runs / "align-2" / "checkpoints" / "checkpoint-latest.pt"),
           "--model.finetune_global_batch_size", "4", "--model.finetune_per_device_batch_size", "2", *EXACT]
-    r = pretrain(2, out.data, runs, "finetune-2", *ft)
+    r = pretrain(2, out.data, runs, "finetune-2", *ft, "training.report_to=tensorboard")  # Cobra runs log to trackers the same way
     assert r.returncode == 0, r.stdout[-1500:] + r.stderr[-4000:]
     out.ft_flags = ft
     return out
@@ -68,6 +68,7 @@ def test_finetune_from_the_align_checkpoint_writes_upstreams_layout(env):
     c = json.loads((run / "config.json").read_text())
     assert (c["model"]["model_id"], c["stage"], c["run_id"], c["seed"], c["dataset"]["type"]) == ("cobra-tiny", "finetune", "finetune-2", 7, "llava-cot-100k")
     assert (run / "logs" / "finetune-2.jsonl").read_text() == (run / "logs" / "train.jsonl").read_text()
+    assert len(list((run / "tensorboard").glob("events.out.tfevents.*"))) == 1  # rank zero alone writes them
     assert "finetune_learning_rate" not in (run / "config.yaml").read_text() and "stage: finetune" in (run / "config.yaml").read_text()
 
 def test_killed_cobra_run_resumes_exactly(env):

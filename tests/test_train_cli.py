@@ -143,3 +143,19 @@ def test_papermill_train_notebook_parameters(tmp_path):
     assert json.loads((run / "manifest.json").read_text())["steps"] == 3
     r = subprocess.run(pm + [str(tmp_path / "b.ipynb"), *args], capture_output=True, text=True, timeout=600)
     assert r.returncode != 0 and "continue it with -p resume True" in r.stderr  # the notebook's own wording, not the CLI's
+
+def test_report_to_tensorboard_and_wandb_offline(model, manual, tmp_path):
+    "training.report_to: TensorBoard event files and an offline W&B run beside the JSONL, with the same numbers; no network."
+    run = tmp_path / "tracked"
+    r = vlm3(*train_args(model, manual, run, "training.max_steps=4", "eval.eval_steps=4", "training.report_to=tensorboard,wandb"),
+             env={**ENV, "WANDB_MODE": "offline", "WANDB_SILENT": "true"})
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    ea = EventAccumulator(str(run / "tensorboard")); ea.Reload()
+    rows = [json.loads(l) for l in (run / "logs" / "train.jsonl").read_text().splitlines()]
+    assert [e.step for e in ea.Scalars("train/loss")] == [x["step"] for x in rows if x["kind"] == "train"]
+    assert {"eval/loss", "train/lr"} <= set(ea.Tags()["scalars"])
+    offline = list((run / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(offline) == 1 and offline[0].stat().st_size > 0, list((run / "wandb").rglob("*"))[:10]
+    r = vlm3(*train_args(model, manual, tmp_path / "bad", "training.report_to=comet"), env=ENV)
+    assert r.returncode == 2 and "'comet' is not a tracker" in r.stderr and not (tmp_path / "bad").exists()

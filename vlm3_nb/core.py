@@ -56,6 +56,7 @@ class TrainingCfg:
     lr_projector: float = 0.0  # the projector's learning rate; 0 = learning_rate
     pretrained_checkpoint: str = ""  # what an earlier full-weight stage trained (its run folder or a checkpoint), loaded strictly first
     optimizer: str = "adamw"  # adamw | sgd (plain SGD: tests that compare weights across world sizes)
+    report_to: str = "none"  # live tracking: none, or a comma list of tensorboard, wandb, trackio, mlflow (rank zero logs)
 
 @dataclass
 class QuantizationCfg:

@@ -19,13 +19,14 @@ from .packing import make_collator, train_items, pack_stats, nll_sum
 from . import distributed as D
 
 # %% auto #0
-__all__ = ['TRAINABLE', 'COMPLETE', 'GPUS', 'Plan', 'plan', 'epoch_order', 'step_indices', 'rank_micro_batches', 'load_splits',
-           'content_type', 'load_pretrained', 'prepare_model', 'peak_mem_gb', 'log_line', 'read_log', 'RunLog',
-           'complete_checkpoints', 'save_checkpoint', 'load_checkpoint', 'run_dir_for', 'checkpoint_problem',
-           'run_finished', 'ResumePoint', 'resume_point', 'save_outputs', 'device_name', 'gpu_price', 'gpu_cost',
-           'make_manifest', 'check_push', 'push_adapter', 'make_optimizer', 'make_scheduler', 'train_step', 'evaluate',
-           'packing_row', 'train', 'resume_config', 'train_cmd', 'plot_losses', 'four_bit', 'trained_params',
-           'memory_gb', 'train_flops', 'Preflight', 'preflight', 'preflight_cmd']
+__all__ = ['TRAINABLE', 'TRACKERS', 'COMPLETE', 'GPUS', 'Plan', 'plan', 'epoch_order', 'step_indices', 'rank_micro_batches',
+           'load_splits', 'content_type', 'load_pretrained', 'prepare_model', 'peak_mem_gb', 'log_line', 'read_log',
+           'RunLog', 'report_targets', 'tracker_scalars', 'Tracker', 'complete_checkpoints', 'save_checkpoint',
+           'load_checkpoint', 'run_dir_for', 'checkpoint_problem', 'run_finished', 'ResumePoint', 'resume_point',
+           'save_outputs', 'device_name', 'gpu_price', 'gpu_cost', 'make_manifest', 'check_push', 'push_adapter',
+           'make_optimizer', 'make_scheduler', 'train_step', 'evaluate', 'packing_row', 'train', 'resume_config',
+           'train_cmd', 'plot_losses', 'four_bit', 'trained_params', 'memory_gb', 'train_flops', 'Preflight',
+           'preflight', 'preflight_cmd']
 
 # %% ../nbs/05_train.ipynb #05ca8bce
 @dataclass
@@ -182,9 +183,9 @@ def read_log(path) -> list:
     return [json.loads(l) for l in p.read_text(encoding="utf-8").splitlines() if l.strip()] if p.exists() else []
 
 class RunLog:
-    "Rank zero's log: append rows to train.jsonl, one tqdm bar over the steps, one plain line per row above it (never a torn bar)."
-    def __init__(self, path, d, total, start=0):
-        self.path, self.main, self.bar = Path(path), d.main, None
+    "Rank zero's log: append rows to train.jsonl (and the trackers'), one tqdm bar over the steps, one plain line per row above it (never a torn bar)."
+    def __init__(self, path, d, total, start=0, tracker=None):
+        self.path, self.main, self.bar, self.tracker = Path(path), d.main, None, tracker
         if self.main:
             from tqdm.auto import tqdm
             self.bar = tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True)
@@ -192,11 +193,81 @@ class RunLog:
         if not self.main: return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a", encoding="utf-8") as f: f.write(json.dumps(r) + "\n")
+        if self.tracker is not None: self.tracker.log(r)
         if show and r["kind"] in ("train", "eval", "dist", "summary"): self.bar.write(log_line(r))
     def step(self, n):
         if self.bar is not None: self.bar.update(n - self.bar.n)
     def close(self):
         if self.bar is not None: self.bar.close(); self.bar = None
+        if self.tracker is not None: self.tracker.close(); self.tracker = None
+
+# %% ../nbs/05_train.ipynb #416d780b
+TRACKERS = ("tensorboard", "wandb", "trackio", "mlflow")
+_TRACKER_PKG = {"tensorboard": "tensorboard", "wandb": "wandb", "trackio": "trackio", "mlflow": "mlflow"}
+
+def report_targets(cfg) -> list:
+    "The trackers `training.report_to` names (`none` = [])."
+    v = str(cfg.training.report_to or "none").strip()
+    names = [] if v.lower() == "none" else [x.strip().lower() for x in v.split(",") if x.strip()]
+    if bad := [n for n in names if n not in TRACKERS]:
+        raise Vlm3Error(f"config key 'training.report_to': {', '.join(map(repr, bad))} is not a tracker; use none, or a comma list of {', '.join(TRACKERS)}")
+    import importlib.util
+    if miss := [n for n in names if importlib.util.find_spec(_TRACKER_PKG[n]) is None]:
+        raise Vlm3Error(f"config key 'training.report_to': {', '.join(miss)} is not installed; `pip install 'vlm3_nb[tracking]'` (tensorboard, wandb) "
+                        f"or `pip install {' '.join(_TRACKER_PKG[m] for m in miss)}`, or set training.report_to=none")
+    return names
+
+def tracker_scalars(row) -> dict:
+    "The numbers of a `train` or `eval` log row, as tracker keys (`train/loss`, `eval/loss_by_type/<type>`)."
+    if row.get("kind") == "train":
+        return {f"train/{k}": row[k] for k in ("loss", "lr", "grad_norm", "tokens_per_s", "samples_per_s", "peak_mem_gb", "epoch") if row.get(k) is not None}
+    if row.get("kind") == "eval":
+        return {"eval/loss": row["eval_loss"], **{f"eval/loss_by_type/{t}": v for t, v in (row.get("eval_loss_by_type") or {}).items()}}
+    return {}
+
+class Tracker:
+    "Rank zero's live view of a run: every train and eval row's numbers to the trackers `training.report_to` names."
+    def __init__(self, cfg, run, d):
+        self.sinks, run = [], Path(run)
+        names = report_targets(cfg)  # checked on every rank: a bad name fails everywhere alike
+        if not d.main: return
+        conf, project = to_dict(cfg), os.environ.get("VLM3_TRACKING_PROJECT", "vlm3")
+        for n in names:
+            if n == "tensorboard":
+                from torch.utils.tensorboard import SummaryWriter
+                w = SummaryWriter(log_dir=str(run / "tensorboard"))
+                w.add_text("config", "```\n" + json.dumps(conf, indent=1) + "\n```"); self.sinks.append((n, w))
+            elif n == "wandb":
+                import wandb
+                self.sinks.append((n, wandb.init(project=os.environ.get("WANDB_PROJECT", project), name=run.name, id=re.sub(r"[^\w-]", "-", run.name)[:64],
+                                                 dir=str(run), config=conf, resume="allow")))
+            elif n == "trackio":
+                import trackio
+                self.sinks.append((n, trackio.init(project=project, name=run.name, config=conf, resume="allow")))
+            elif n == "mlflow":
+                import mlflow
+                r = mlflow.start_run(run_name=run.name)
+                mlflow.log_params({k: str(v)[:500] for k, v in _flat(conf)}); self.sinks.append((n, r))
+    def log(self, row):
+        if not self.sinks or not (sc := tracker_scalars(row)): return
+        step = int(row["step"])
+        for n, s in self.sinks:
+            if n == "tensorboard":
+                for k, v in sc.items(): s.add_scalar(k, v, step)
+                s.flush()
+            elif n == "wandb": s.log(sc, step=step)
+            elif n == "trackio": s.log(sc, step=step)
+            elif n == "mlflow":
+                import mlflow
+                mlflow.log_metrics({k.replace("/", "."): v for k, v in sc.items()}, step=step)
+    def close(self):
+        for n, s in self.sinks:
+            if n == "tensorboard": s.close()
+            elif n in ("wandb", "trackio"): s.finish()
+            elif n == "mlflow":
+                import mlflow
+                mlflow.end_run()
+        self.sinks = []
 
 # %% ../nbs/05_train.ipynb #e698eb61
 COMPLETE = "COMPLETE"  # marker file written last into a checkpoint folder
@@ -547,6 +618,7 @@ def train(cfg: Config, # the resolved config (not modified)
           resume_flag="--resume") -> Path: # how the caller spells 'resume', for messages (the papermill notebook: -p resume True)
     "Train `cfg.base_model` for `training.stage` on cfg.data, on one process or all `torchrun` started; returns the run folder."
     t0 = time.time(); cfg = validate_config(copy.deepcopy(cfg)); t, fam = cfg.training, get_family(cfg)
+    report_targets(cfg)  # a tracker that is not one, or not installed, fails before anything is written
     if resume and not (cfg.output_dir or run_id): raise Vlm3Error(f"{resume_flag} needs the run folder to continue: set output_dir=runs/<run_id>")
     d = D.init_dist(default_device())
     strategy = D.resolve_strategy(t.strategy, d)
@@ -582,7 +654,7 @@ def train(cfg: Config, # the resolved config (not modified)
     D.barrier(d)
     start = 0
     if ckpt: start = load_checkpoint(ckpt, model, opt, sched, d)["global_step"]
-    log = RunLog(log_path, d, p.total_steps, start)
+    log = RunLog(log_path, d, p.total_steps, start, Tracker(cfg, run, d))
     if not ckpt:
         log.row({"step": 0, "kind": "dist", "world_size": d.world, "strategy": strategy, "strategy_config": t.strategy, "device": device_name(d.device),
                  "plan": asdict(p), "param_shares": shares})
