@@ -26,7 +26,7 @@ __all__ = ['TRAINABLE', 'TRACKERS', 'COMPLETE', 'GPUS', 'Plan', 'plan', 'epoch_o
            'save_outputs', 'device_name', 'gpu_price', 'gpu_cost', 'make_manifest', 'check_push', 'push_adapter',
            'make_optimizer', 'make_scheduler', 'train_step', 'evaluate', 'packing_row', 'train', 'resume_config',
            'train_cmd', 'plot_losses', 'four_bit', 'trained_params', 'memory_gb', 'train_flops', 'Preflight',
-           'preflight', 'preflight_cmd']
+           'measured_rates', 'preflight', 'preflight_cmd']
 
 # %% ../nbs/05_train.ipynb #05ca8bce
 @dataclass
@@ -862,8 +862,23 @@ class Preflight:
                for g in self.gpus]
         return "\n".join(md + [""] + [f"- {n}" for n in self.notes])
 
+def measured_rates(cfg, # the config about to run: its base_model, method and stage must match the earlier run's
+                   runs_root="runs") -> dict: # where earlier runs' manifests are
+    "{GPU name in GPUS: (samples/s per GPU, the run it comes from)}: the newest finished run of the same model, method and stage on that GPU class."
+    out = {}
+    for mf in sorted(Path(runs_root).glob("*/manifest.json"), key=lambda p: p.stat().st_mtime):
+        try: m = json.loads(mf.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, OSError): continue
+        if (m.get("base_model"), m.get("method"), m.get("stage")) != (cfg.base_model, cfg.method, cfg.training.stage): continue
+        gpus = m.get("gpus") or m.get("world_size") or 1
+        name = next((g for g in GPUS if g.split("-")[0] in str(m.get("device", ""))), None)
+        samples = (m.get("steps") or 0) * ((m.get("plan") or {}).get("global_batch") or 0)
+        if name and samples and m.get("wall_s"): out[name] = (samples / (m["wall_s"] * gpus), mf.parent)
+    return out
+
 def preflight(cfg: Config, # the resolved config
-              gpus=1) -> Preflight: # GPUs the run will use (processes under torchrun)
+              gpus=1, # GPUs the run will use (processes under torchrun)
+              runs_root="runs") -> Preflight: # earlier runs whose measured throughput replaces the assumed MFU (same model, method, stage, GPU class)
     "Read the training data; report tokens per sample, steps, and estimated peak memory per GPU, hours and Modal cost of `cfg`'s run on `gpus` GPUs."
     if int(gpus) < 1: raise Vlm3Error(f"--gpus {gpus}: must be 1 or more")
     gpus, t, fam = int(gpus), cfg.training, get_family(cfg)
@@ -882,12 +897,15 @@ def preflight(cfg: Config, # the resolved config
     q, gc, cost = four_bit(cfg), use_gradient_checkpointing(cfg, "cuda"), asdict(cfg.cost)
     mem = memory_gb(a, t.batch_size, st["longest"]["tokens"], st["image_tokens"]["max"], q, gc, t.stage, cfg.method, strategy, gpus)
     flops = train_flops(a, tokens, img, t.stage, cfg.method) * p.epochs
-    rows = []
+    rows, rates = [], measured_rates(cfg, runs_root)
     for name, g in GPUS.items():
         h = flops / (gpus * g["tflops"] * 1e12 * cost["mfu"]) / 3600
+        if name in rates:  # measured beats assumed: the same model, method and stage on this GPU class, wall time included
+            rate, src = rates[name]; h = p.total_steps * p.global_batch / (rate * gpus) / 3600
+            notes.append(f"{name} hours from the measured throughput of {src} ({rate:.3g} samples/s per GPU over its whole wall time), not the assumed MFU")
         rows.append(dict(gpu=name, n=gpus, peak_mem_gb=mem["total"], fits=mem["total"] <= g["mem_gb"], hours=h, usd_per_h=cost[g["price"]],
                          usd=h * gpus * cost[g["price"]]))
-    notes.append(f"{flops:.3g} model FLOPs at MFU {cost['mfu']}; memory at the longest sequence with gradient checkpointing {'on' if gc else 'off'}")
+    notes.append(f"{flops:.3g} model FLOPs at MFU {cost['mfu']} (assumed" + (f"; measured for {', '.join(rates)}" if rates else "; no earlier run on these GPUs") + f"); memory at the longest sequence with gradient checkpointing {'on' if gc else 'off'}")
     n, pg = ps["none"], ps["page"]
     notes.append(f"training.packing={t.packing}. Per epoch without packing: {n['lm_tokens']:,} LM tokens, {n['vision_forwards']:,} vision forwards; "
                  f"with page packing: {pg['lm_tokens']:,} and {pg['vision_forwards']:,} ({ps['lm_token_saving']}x and {ps['vision_forward_saving']}x fewer, "
