@@ -37,7 +37,7 @@ def test_builds_offline_with_the_seeds_resources_and_gpu_switch():
                env={"VLM3_GPU": "H100"})
     assert r.returncode == 0, r.stderr
     name, fns, gpu, vols, serve_gpu, eval_gpu = json.loads(r.stdout.strip().splitlines()[-1])
-    assert name == "vlm3" and {"train", "predict_shard", "VLM3Model.*"} <= set(fns)
+    assert name == "vlm3" and {"train", "pretrain", "predict_shard", "VLM3Model.*"} <= set(fns)
     assert (gpu, vols, serve_gpu, eval_gpu) == ("H100", ["/checkpoints"], "A10G", "A10G")
     from vlm3_nb.modal_app import requirements, train
     assert train._spec_.gpus == os.environ.get("VLM3_GPU", "A100-80GB")

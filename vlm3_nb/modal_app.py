@@ -4,11 +4,11 @@
 
 # %% auto #0
 __all__ = ['APP_NAME', 'VOLUME_NAME', 'VOL', 'TRAIN_GPU', 'EVAL_GPU', 'SERVE_GPU', 'SERVE_MODEL', 'SERVE_ADAPTER', 'SERVE_CONFIG',
-           'image', 'volume', 'hf_secret', 'app', 'SEED_ARGS', 'requirements', 'volume_dir', 'commit', 'row_to_record',
-           'materialize_dataset', 'resume_state', 'gpu_count', 'torchrun_command', 'train_multi_gpu',
-           'config_from_dict', 'train_job', 'train', 'make_shards', 'predict_shard_job', 'predict_shard',
-           'modal_token_configured', 'require_modal_token', 'predict_on_modal', 'VLM3Model', 'main', 'train_on_modal',
-           'fetch_run']
+           'image', 'COBRA_KERNELS', 'cobra_image', 'volume', 'hf_secret', 'app', 'SEED_ARGS', 'requirements',
+           'volume_dir', 'commit', 'row_to_record', 'materialize_dataset', 'resume_state', 'gpu_count',
+           'torchrun_command', 'train_multi_gpu', 'config_from_dict', 'train_job', 'train', 'pretrain_command',
+           'pretrain', 'make_shards', 'predict_shard_job', 'predict_shard', 'modal_token_configured',
+           'require_modal_token', 'predict_on_modal', 'VLM3Model', 'main', 'train_on_modal', 'fetch_run']
 
 # %% ../nbs/11_cloud.ipynb #501cf724
 import hashlib, inspect, json, os, re, shutil, sys, tempfile, threading, time
@@ -39,6 +39,16 @@ image = (modal.Image.debian_slim(python_version="3.11")
          .pip_install(*requirements())
          .env({"TOKENIZERS_PARALLELISM": "false", "DEEPEVAL_TELEMETRY_OPT_OUT": "YES", "HF_HUB_DISABLE_PROGRESS_BARS": "1"})
          .add_local_python_source("vlm3_nb", ignore=["**/__pycache__/**", "**/*.pyc"]))
+# Cobra on Modal: the same image on a CUDA devel base, plus the Mamba kernels (mamba-ssm, causal-conv1d: CUDA only, compiled against the
+# installed torch, so they need nvcc and no build isolation). transformers' MambaForCausalLM uses them when they import; without them
+# it takes mambapy's parallel scan. Nothing here is built until a Cobra function runs.
+COBRA_KERNELS = ("mamba-ssm==2.3.2.post1", "causal-conv1d==1.7.0")
+cobra_image = (modal.Image.from_registry("nvidia/cuda:12.8.1-devel-ubuntu22.04", add_python="3.11")
+               .pip_install(*requirements())
+               .pip_install("packaging", "ninja", "wheel")
+               .pip_install(*COBRA_KERNELS, extra_options="--no-build-isolation")
+               .env({"TOKENIZERS_PARALLELISM": "false", "DEEPEVAL_TELEMETRY_OPT_OUT": "YES", "HF_HUB_DISABLE_PROGRESS_BARS": "1"})
+               .add_local_python_source("vlm3_nb", ignore=["**/__pycache__/**", "**/*.pyc"]))
 volume = modal.Volume.from_name(VOLUME_NAME, create_if_missing=True)
 hf_secret = modal.Secret.from_name("huggingface")
 app = modal.App(APP_NAME)
@@ -218,6 +228,32 @@ def train(dataset_id: str, # HuggingFace dataset id (from `vlm3 prepare --push-t
     "Fine-tune with LoRA on a Modal GPU; resumes from the Volume after preemption; pushes the adapter."
     return train_job(dataset_id, output_name, config, overrides, push, hub_repo, base_model=base_model, lora_r=lora_r,
                      lora_alpha=lora_alpha, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, max_samples=max_samples)
+
+# %% ../nbs/11_cloud.ipynb #14fd69e6
+def pretrain_command(n, # processes (GPUs)
+                     args, # the guide's flags (a list or one string)
+                     root=None, # the Volume: default --dataset.dataset_root_dir <root>/data and --run_root_dir <root>/runs
+                     resume=False) -> list:
+    "The `torchrun ... -m vlm3_nb pretrain` command line for `n` processes, with the Volume's folders unless the flags name others."
+    import shlex
+    args = shlex.split(args) if isinstance(args, str) else list(args)
+    root = Path(root or volume_dir())
+    if not any(a.startswith("--dataset.dataset_root_dir") for a in args): args += ["--dataset.dataset_root_dir", str(root / "data")]
+    if not any(a.startswith("--run_root_dir") for a in args): args += ["--run_root_dir", str(root / "runs")]
+    if resume and "--resume" not in args: args.append("--resume")
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc-per-node", str(n), "-m", "vlm3_nb", "pretrain", *args]
+
+@app.function(image=cobra_image, gpu=TRAIN_GPU, timeout=24 * 3600, volumes={VOL: volume}, secrets=[hf_secret],
+              retries=modal.Retries(max_retries=3, initial_delay=30.0, backoff_coefficient=2.0))
+def pretrain(args: str = "", # the guide's flags, e.g. "--model.type cobra-3b --stage finetune --pretrained_checkpoint ..."
+             resume: bool = False) -> int: # continue the run (a retry after preemption sets it)
+    "Run `vlm3 pretrain` under torchrun on this container's GPUs, data and runs on the Volume; the Volume is committed after each attempt."
+    import subprocess
+    attempt = int(os.environ.get("MODAL_TASK_ATTEMPT", os.environ.get("MODAL_ATTEMPT", "1")) or 1)
+    try: rc = subprocess.run(pretrain_command(gpu_count(TRAIN_GPU), args, resume=resume or attempt > 1)).returncode
+    finally: commit()
+    if rc: raise core.Vlm3Error(f"vlm3 pretrain exited with status {rc}; its log above says why, and a retry resumes from the last complete checkpoint")
+    return rc
 
 # %% ../nbs/11_cloud.ipynb #2899d987
 def make_shards(records, # Records to answer
