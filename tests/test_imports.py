@@ -60,3 +60,12 @@ def test_qwen_names_only_in_its_family():
                 bad.append(f"{p.relative_to(ROOT)}:{n.lineno}")
             if isinstance(n, ast.Attribute) and n.attr == "get_rope_index": bad.append(f"{p.relative_to(ROOT)}:{n.lineno} get_rope_index")
     assert not bad, "Qwen2-VL internals outside families/qwen2_vl.py: " + ", ".join(bad)
+
+
+def test_cli_startup_imports_no_framework():
+    "Every `vlm3 ...` (and each torchrun worker) builds the whole parser first: it must not pull in torch, transformers or deepeval (seconds each)."
+    import subprocess, sys
+    code = ("import sys, vlm3_nb.cli as c; c.build_parser(); "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'transformers', 'deepeval', 'peft', 'datasets', 'timm'}))")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr

@@ -20,7 +20,7 @@ from .report import cluster_keys, md_table
 __all__ = ['KINDS', 'LABELS', 'WRAPS', 'ALT_UNIT', 'IRRELEVANT', 'PERTURB', 'GOLD_REQUIRED', 'EMPTY_NOTE', 'own_kinds',
            'paraphrases', 'torque_off', 'wrong_unit', 'stage_order', 'stage_missing', 'step_order', 'step_missing',
            'missing_keyword', 'gold_cases', 'write_gold', 'read_gold', 'agreement', 'calibrate', 'calibration_md',
-           'synth_gold_cmd', 'calibration_text', 'calibrate_cmd', 'add_calibrate_commands']
+           'synth_gold_cmd', 'calibration_text', 'calibrate_cmd']
 
 # %% ../nbs/15_calibrate.ipynb #2ecd68c1
 KINDS = {  # kind: (label, what was done to the reference, the rule-based metric built to catch it)
@@ -457,24 +457,3 @@ def calibrate_cmd(gold, out, judge=None, metric=None, budget=None, threshold=Non
         raise Vlm3Error(f"calibration {res['status']}: {res['errors'][0]}; nothing was recorded. Re-run the same command with the same --out "
                         "(the judge's answers so far are cached)" + (" and a larger --budget" if res["status"] == "incomplete" else ""))
     return 1 if strict and any((r["kappa"] is None or r["kappa"] < KAPPA_MIN) for r in res["metrics"].values()) else 0
-
-# %% ../nbs/15_calibrate.ipynb #d42d4a7d
-def add_calibrate_commands(sub):
-    "Add `synth-gold` and `calibrate-judge` to the `vlm3` subparsers."
-    s = sub.add_parser("synth-gold", help="graded answer/reference cases with known verdicts from a manual's records (for calibrate-judge)")
-    s.add_argument("--data", required=True, nargs="+", help="val JSONL file(s) with reference answers (pipeline or LLaVA format)")
-    s.add_argument("--out", required=True, help="gold JSONL to write"); s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--kinds", default=None, metavar="A,B,...", help=f"kinds to make (default all: {','.join(KINDS)})")
-    s.add_argument("--max-records", type=int, default=None); s.add_argument("--overwrite", action="store_true")
-    s.set_defaults(fn=lambda a: synth_gold_cmd(a.data, a.out, a.seed, a.kinds, a.max_records, a.overwrite))
-    s = sub.add_parser("calibrate-judge", help="check a judge (or a rule-based metric) against known verdicts: kappa, TPR, TNR, where it fails")
-    s.add_argument("--gold", required=True, help="gold JSONL (vlm3 synth-gold, or your own labelled file in the same layout)")
-    s.add_argument("--judge", default=None, help="claude:<model> | local:<path>")
-    s.add_argument("--metric", default=None, metavar="A,B", help=f"metrics to calibrate (default: geval_correctness with --judge); any of {','.join(METRIC_KEYS)}")
-    s.add_argument("--out", required=True, help="folder for calibration.json, calibration.md and the judge cache")
-    s.add_argument("--budget", type=float, default=None, help="USD cap for judge calls")
-    s.add_argument("--threshold", type=float, default=None, help="verdict threshold for every metric named (needed for bleu4, rouge_l)")
-    s.add_argument("--config", default=None, help="YAML or shipped config name whose eval.thresholds give the verdicts")
-    s.add_argument("--n-boot", type=int, default=2000); s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--strict", action="store_true", help="exit 1 when any kappa is below 0.6")
-    s.set_defaults(fn=lambda a: calibrate_cmd(a.gold, a.out, a.judge, a.metric, a.budget, a.threshold, a.config, a.n_boot, a.seed, a.strict))

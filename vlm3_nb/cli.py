@@ -72,7 +72,15 @@ def _report(a):
 
 def _compare(a):
     from vlm3_nb.report import compare_cmd
-    return compare_cmd(a.a, a.b, a.out, report=not a.no_report, n_boot=a.n_boot, seed=a.seed)
+    return compare_cmd(a.a, a.b, a.out, report=not a.no_report, n_boot=a.n_boot, seed=a.seed, cluster=a.cluster)
+
+def _synth_gold(a):
+    from vlm3_nb.calibrate import synth_gold_cmd
+    return synth_gold_cmd(a.data, a.out, a.seed, a.kinds, a.max_records, a.overwrite)
+
+def _calibrate(a):
+    from vlm3_nb.calibrate import calibrate_cmd
+    return calibrate_cmd(a.gold, a.out, a.judge, a.metric, a.budget, a.threshold, a.config, a.n_boot, a.seed, a.strict)
 
 def _demo(a):
     from vlm3_nb.demo import run_demo
@@ -139,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("compare", help="run A vs run B: paired bootstrap deltas per metric and content type, flips")
     s.add_argument("a"); s.add_argument("b"); s.add_argument("--out", required=True)
     s.add_argument("--n-boot", type=int, default=2000); s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--cluster", default="auto", choices=["auto", "page", "image", "example"],
+                   help="what the bootstrap resamples: auto = pages (else images, else examples); example = the naive per-question interval")
     s.add_argument("--no-report", action="store_true", help="write compare.json only")
     s.set_defaults(fn=_compare)
     s = sub.add_parser("serve", help="HTTP server: /predict and OpenAI-compatible /v1/chat/completions (bearer token)")
@@ -166,8 +176,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=_demo)
     from vlm3_nb.reasoning import add_reasoning_commands  # prepare-llava-cot, eval-captions, reasoning-report, demo-reasoning
     add_reasoning_commands(sub)
-    from vlm3_nb.calibrate import add_calibrate_commands  # synth-gold, calibrate-judge
-    add_calibrate_commands(sub)
+    s = sub.add_parser("synth-gold", help="graded answer/reference cases with known verdicts from a manual's records (for calibrate-judge)")
+    s.add_argument("--data", required=True, nargs="+", help="val JSONL file(s) with reference answers (pipeline or LLaVA format)")
+    s.add_argument("--out", required=True, help="gold JSONL to write"); s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--kinds", default=None, metavar="A,B,...", help="kinds to make (default all; see vlm3_nb.calibrate.KINDS)")
+    s.add_argument("--max-records", type=int, default=None); s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(fn=_synth_gold)
+    s = sub.add_parser("calibrate-judge", help="check a judge (or a rule-based metric) against known verdicts: kappa, TPR, TNR, where it fails")
+    s.add_argument("--gold", required=True, help="gold JSONL (vlm3 synth-gold, or your own labelled file in the same layout)")
+    s.add_argument("--judge", default=None, help="claude:<model> | local:<path>")
+    s.add_argument("--metric", default=None, metavar="A,B", help="metrics to calibrate (default: geval_correctness with --judge); any of vlm3_nb.metrics.METRIC_KEYS")
+    s.add_argument("--out", required=True, help="folder for calibration.json, calibration.md and the judge cache")
+    s.add_argument("--budget", type=float, default=None, help="USD cap for judge calls")
+    s.add_argument("--threshold", type=float, default=None, help="verdict threshold for every metric named (needed for bleu4, rouge_l)")
+    s.add_argument("--config", default=None, help="YAML or shipped config name whose eval.thresholds give the verdicts")
+    s.add_argument("--n-boot", type=int, default=2000); s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--strict", action="store_true", help="exit 1 when any kappa is below 0.6")
+    s.set_defaults(fn=_calibrate)
     from vlm3_nb.pretrain import add_pretrain_commands  # pretrain: Cobra's scripts/pretrain.py flags
     add_pretrain_commands(sub)
     from vlm3_nb.demo_cobra import add_demo_cobra_commands  # demo-cobra: the Cobra guide on the embedded default

@@ -11,11 +11,11 @@ from typing import Any
 import yaml
 
 # %% auto #0
-__all__ = ['SEED_TARGET_MODULES', 'MOVED', 'RANGES', 'CHOICES', 'ALIASES', 'CONFIG_DIR', 'Vlm3Error', 'LoraCfg', 'TrainingCfg',
-           'QuantizationCfg', 'Thresholds', 'EvalCfg', 'DataCfg', 'GenerationCfg', 'ServeCfg', 'CostCfg', 'Config',
-           'flat_keys', 'set_key', 'get_key', 'check_config', 'validate_config', 'config_path', 'shipped_configs',
-           'parse_overrides', 'load_config', 'to_dict', 'save_config', 'file_sha256', 'text_sha256', 'new_run_id',
-           'claim_folder', 'write_marker']
+__all__ = ['SEED_TARGET_MODULES', 'GPU_PRICES', 'MOVED', 'RANGES', 'CHOICES', 'ALIASES', 'CONFIG_DIR', 'Vlm3Error', 'LoraCfg',
+           'TrainingCfg', 'QuantizationCfg', 'Thresholds', 'EvalCfg', 'DataCfg', 'GenerationCfg', 'ServeCfg', 'CostCfg',
+           'gpu_price', 'Config', 'flat_keys', 'set_key', 'get_key', 'check_config', 'validate_config', 'config_path',
+           'shipped_configs', 'parse_overrides', 'load_config', 'to_dict', 'save_config', 'file_sha256', 'text_sha256',
+           'new_run_id', 'claim_folder', 'write_marker']
 
 # %% ../nbs/00_core.ipynb #fa1f26ee
 class Vlm3Error(ValueError):
@@ -122,6 +122,13 @@ class CostCfg:
     h100_usd_per_h: float = 3.9492
     a10g_usd_per_h: float = 1.10
     mfu: float = 0.35  # achieved fraction of peak bf16 FLOPs assumed for time estimates
+
+GPU_PRICES = (("H100", "h100_usd_per_h"), ("A100", "a100_80gb_usd_per_h"), ("A10", "a10g_usd_per_h"))  # device-name part -> CostCfg field
+
+def gpu_price(device: str, cost) -> float | None:
+    "USD per GPU-hour for the device named `device` from `cost` (a CostCfg), by name (H100, A100, A10G); None for the CPU and unpriced GPUs."
+    name = str(device or "").upper()
+    return next((float(getattr(cost, k)) for part, k in GPU_PRICES if part in name), None)
 
 @dataclass
 class Config:

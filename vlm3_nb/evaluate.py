@@ -9,7 +9,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from typing import Any, Optional
-from .core import Vlm3Error, Config, Thresholds, load_config, save_config, to_dict, validate_config
+from .core import Vlm3Error, Config, Thresholds, gpu_price, load_config, save_config, to_dict, validate_config
 from .data import Record, read_records, check_cot_tags, extract_conclusion, is_structured
 from .infer import predict, load_for_inference, run_config, answer_settings, adapter_run_dir
 from .metrics import (score_case, make_judge, judge_metrics, BudgetExceeded, JUDGE_KEYS, PLAIN_KEYS, NumericExactMatch,
@@ -17,13 +17,12 @@ from .metrics import (score_case, make_judge, judge_metrics, BudgetExceeded, JUD
 from .models import model_fingerprint
 
 # %% auto #0
-__all__ = ['CATEGORY_TYPES', 'EMPTY_PROBES', 'PROBE_KEYS', 'GROUNDING_KEYS', 'GPU_PRICES', 'ENV', 'Case', 'val_cases',
-           'read_probes', 'take', 'load_cases', 'check_images', 'check_counts', 'check_eval_out', 'probe_passed',
-           'result_row', 'expected_conclusion', 'score_cases', 'metric_means', 'probe_summary', 'check_thresholds',
-           'metric_problems', 'grounding_subset', 'grounding_check', 'EvalSummary', 'format_settings', 'format_summary',
-           'structure_summary', 'generate_on_modal', 'gpu_price', 'device_label', 'generation_cost',
-           'judge_calibration', 'preprocessing_warning', 'evaluate', 'eval_cmd', 'suite_settings', 'case_metrics',
-           'case_test_case']
+__all__ = ['CATEGORY_TYPES', 'EMPTY_PROBES', 'PROBE_KEYS', 'GROUNDING_KEYS', 'ENV', 'Case', 'val_cases', 'read_probes', 'take',
+           'load_cases', 'check_images', 'check_counts', 'check_eval_out', 'probe_passed', 'result_row',
+           'expected_conclusion', 'score_cases', 'metric_means', 'probe_summary', 'check_thresholds', 'metric_problems',
+           'grounding_subset', 'grounding_check', 'EvalSummary', 'format_settings', 'format_summary',
+           'structure_summary', 'generate_on_modal', 'device_label', 'generation_cost', 'judge_calibration',
+           'preprocessing_warning', 'evaluate', 'eval_cmd', 'suite_settings', 'case_metrics', 'case_test_case']
 
 # %% ../nbs/08_evaluate.ipynb #d5409db2
 CATEGORY_TYPES = {"specifications": "specification", "procedures": "procedure", "diagrams": "diagram"}  # probe category -> content type
@@ -389,13 +388,6 @@ def generate_on_modal(cases, model, adapter, cfg, out, fingerprint, grounding=20
         predict_on_modal(sub, model, adapter, cfg, out_dir=out, fingerprint=fingerprint, variant="blank")
 
 # %% ../nbs/08_evaluate.ipynb #e8a1e002
-GPU_PRICES = (("H100", "h100_usd_per_h"), ("A100", "a100_80gb_usd_per_h"), ("A10", "a10g_usd_per_h"))  # device-name part -> cfg.cost key
-
-def gpu_price(device: str, cost) -> Optional[float]:
-    "USD per GPU-hour for `device` from `cost` (cfg.cost), by name (H100, A100, A10G); None for the CPU and for GPUs it has no price for."
-    name = str(device or "").upper()
-    return next((float(getattr(cost, k)) for part, k in GPU_PRICES if part in name), None)
-
 def device_label(device=None) -> tuple:
     "(name, GPU count) of the device this eval generates on: ('NVIDIA A10G', 1) on CUDA, ('cpu', 0) otherwise."
     import torch

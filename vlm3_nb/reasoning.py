@@ -503,8 +503,13 @@ def _cap_scores(d) -> dict:
     if not f.is_file(): raise Vlm3Error(f"{f} not found: pass a folder written by `vlm3 eval-captions --out DIR`")
     return {str(r["id"]): {m: v for m, v in r["scores"].items() if v is not None} for r in map(json.loads, f.read_text(encoding="utf-8").splitlines())}
 
-def _four_way(scores: dict, keys, n_boot, seed) -> dict:
-    "Means, paired CIs per pair and the interaction CI per metric, over the items scored in all four variants."
+def _qa_rows(d) -> dict:
+    "{example id: its result row} of an eval folder: what the page-clustered bootstrap groups by (page, else image)."
+    from vlm3_nb.report import load_run
+    return {r["id"]: r for r in load_run(d).val}
+
+def _four_way(scores: dict, keys, n_boot, seed, rows=None) -> dict: # rows: {id: result row} to cluster by page; None = each item alone (captions)
+    "Means, paired CIs per pair and the interaction CI per metric, over the items scored in all four variants (page-clustered when `rows` is given)."
     from vlm3_nb.report import paired_bootstrap
     import numpy as np
     out = {}
@@ -512,8 +517,9 @@ def _four_way(scores: dict, keys, n_boot, seed) -> dict:
         ids = [i for i in scores["baseline"] if all(m in scores[v].get(i, {}) for v in VARIANTS)]
         if not ids: continue
         s = {v: np.array([scores[v][i][m] for i in ids]) for v in VARIANTS}
-        pairs = {k: paired_bootstrap(s[a], s[b], n_boot, seed) for k, (a, b) in PAIRS.items()}
-        inter = paired_bootstrap(s["baseline+scratchpad"] - s["baseline"], s["finetuned+scratchpad"] - s["finetuned"], n_boot, seed)
+        recs = [rows[i] for i in ids] if rows else None
+        pairs = {k: paired_bootstrap(s[a], s[b], n_boot, seed, records=recs) for k, (a, b) in PAIRS.items()}
+        inter = paired_bootstrap(s["baseline+scratchpad"] - s["baseline"], s["finetuned+scratchpad"] - s["finetuned"], n_boot, seed, records=recs)
         out[m] = dict(n=len(ids), means={v: round(float(s[v].mean()), 6) for v in VARIANTS}, pairs=pairs, interaction=inter)
     return out
 
@@ -529,7 +535,7 @@ def compare_reasoning(evals: dict, # {variant: eval folder} for the four VARIANT
     from vlm3_nb.report import load_run
     res = dict(variants={v: str(evals[v]) for v in VARIANTS}, fixture=any(load_run(evals[v]).fixture for v in VARIANTS),
                n_boot=n_boot, seed=seed, ci=0.95, pairs={k: list(p) for k, p in PAIRS.items()},
-               qa=_four_way(qa, TRACE_KEYS, n_boot, seed), qa_examples=len(shared))
+               qa=_four_way(qa, TRACE_KEYS, n_boot, seed, rows=_qa_rows(evals["baseline"])), qa_examples=len(shared))
     if captions:
         cap = {v: _cap_scores(captions[v]) for v in VARIANTS}
         res.update(captions=_four_way(cap, CAPTION_KEYS, n_boot, seed), caption_dirs={v: str(captions[v]) for v in VARIANTS},
@@ -539,8 +545,10 @@ def compare_reasoning(evals: dict, # {variant: eval folder} for the four VARIANT
 # %% ../nbs/13_reasoning.ipynb #5afaa957
 TIE = 1e-9  # pycocoevalcap's BLEU smoothing leaves ~1e-10 where the score is 0
 
-def _ci(d): return f"{d['delta']:+.3f} [{d['lower']:+.3f}, {d['upper']:+.3f}]"
-def _verdict(d, up="helps", down="hurts"): return up if d["lower"] > TIE else down if d["upper"] < -TIE else "no clear difference"
+def _ci(d): return f"{d['delta']:+.3f} [{d['lower']:+.3f}, {d['upper']:+.3f}]" if d.get("lower") is not None else f"{d['delta']:+.3f} [no interval]"
+def _verdict(d, up="helps", down="hurts"):
+    if d.get("lower") is None: return f"cannot tell ({d.get('n_clusters', 1)} {d.get('cluster_unit', 'page')})"  # one page: nothing to resample
+    return up if d["lower"] > TIE else down if d["upper"] < -TIE else "no clear difference"
 def _inter(d): return _verdict(d, "scratchpad helps FT more", "scratchpad helps FT less")
 
 def four_way_md(block: dict, unit="examples") -> str:

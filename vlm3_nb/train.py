@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, asdict
 from pathlib import Path
 import numpy as np
 import torch
-from .core import Vlm3Error, Config, load_config, save_config, file_sha256, new_run_id, to_dict, validate_config, parse_overrides
+from .core import Vlm3Error, Config, gpu_price, load_config, save_config, file_sha256, new_run_id, to_dict, validate_config, parse_overrides
 from .data import read_records
 from .families import GROUPS, get_family, trainable_groups
 from .models import default_device, resolve_dtype, use_gradient_checkpointing, quant_config, load_base, apply_lora
@@ -23,10 +23,10 @@ __all__ = ['TRAINABLE', 'TRACKERS', 'COMPLETE', 'GPUS', 'Plan', 'plan', 'epoch_o
            'load_splits', 'content_type', 'load_pretrained', 'prepare_model', 'peak_mem_gb', 'log_line', 'read_log',
            'RunLog', 'report_targets', 'tracker_scalars', 'Tracker', 'complete_checkpoints', 'save_checkpoint',
            'load_checkpoint', 'run_dir_for', 'checkpoint_problem', 'run_finished', 'ResumePoint', 'resume_point',
-           'save_outputs', 'device_name', 'gpu_price', 'gpu_cost', 'make_manifest', 'check_push', 'push_adapter',
-           'make_optimizer', 'make_scheduler', 'train_step', 'evaluate', 'packing_row', 'train', 'resume_config',
-           'train_cmd', 'plot_losses', 'four_bit', 'trained_params', 'memory_gb', 'train_flops', 'Preflight',
-           'measured_rates', 'preflight', 'preflight_cmd']
+           'save_outputs', 'device_name', 'gpu_cost', 'make_manifest', 'check_push', 'push_adapter', 'make_optimizer',
+           'make_scheduler', 'train_step', 'evaluate', 'packing_row', 'train', 'resume_config', 'train_cmd',
+           'plot_losses', 'four_bit', 'trained_params', 'memory_gb', 'train_flops', 'Preflight', 'measured_rates',
+           'preflight', 'preflight_cmd']
 
 # %% ../nbs/05_train.ipynb #05ca8bce
 @dataclass
@@ -446,16 +446,10 @@ def device_name(device="cpu") -> str:
     if str(device).startswith("cuda") and torch.cuda.is_available(): return torch.cuda.get_device_name(0)
     return f"cpu ({torch.get_num_threads()} threads, {platform.machine()})"
 
-def gpu_price(cfg, name) -> float | None:
-    "USD per GPU-hour of the device called `name`, from `cfg.cost` (None when it lists no price for it)."
-    for key, field_ in (("H100", "h100_usd_per_h"), ("A100", "a100_80gb_usd_per_h")):
-        if key in str(name): return getattr(cfg.cost, field_)
-    return None
-
 def gpu_cost(cfg, d, wall_s) -> dict:
     "What a run used: GPU-seconds (wall time x GPUs; 0 on CPU), the device, and the price per GPU-hour when the config has one."
     name = device_name(d.device); gpus = d.world if d.cuda else 0
-    price = gpu_price(cfg, name) if gpus else None
+    price = gpu_price(name, cfg.cost) if gpus else None
     return {"gpus": gpus, "gpu_seconds": round(wall_s * gpus, 1), "device": name, "usd_per_gpu_hour": price,
             "usd": None if price is None else round(wall_s * gpus / 3600 * price, 4)}
 
