@@ -26,7 +26,7 @@ PORT ?= 8000
 EVAL_ARGS = --model $(MODEL) $(if $(ADAPTER),--adapter $(ADAPTER)) --data $(DATA) --images-root $(IMAGES) --probes $(PROBES) --judge $(JUDGE) --config $(CONFIG)
 SUITE = $(BIN)/deepeval test run vlm3_nb/deepeval_suite/test_vlm.py --model $(MODEL) $(if $(ADAPTER),--adapter $(ADAPTER)) --data $(DATA) --images-root $(IMAGES) --probes $(PROBES) --judge $(JUDGE) --config $(CONFIG) --out $(EVAL_OUT)
 
-.PHONY: setup test demo demo-reasoning demo-cobra lab clean-venv sync-check preflight train train-dev eval eval-quick eval-probes eval-compare serve serve-local
+.PHONY: setup test test-slow demo demo-reasoning demo-cobra lab clean-venv sync-check preflight train train-dev eval eval-quick eval-probes eval-compare serve serve-local
 
 setup: $(STAMP)  ## create or refresh .venv from pyproject.toml (a no-op when nothing changed)
 
@@ -43,6 +43,9 @@ sync-check: setup  ## notebooks clean and package in sync with them
 
 test: setup  ## sync check, notebook tests (slow/gpu skipped), pytest; ends with 'N passed, N failed'
 	@PATH=$(CURDIR)/$(BIN):$$PATH bash .ci/test.sh
+
+test-slow: setup  ## the minutes-long end-to-end pytest checks that `make test` leaves out (papermill reports, caption and scratchpad CLI runs)
+	@PATH=$(CURDIR)/$(BIN):$$PATH HF_HUB_OFFLINE=1 DEEPEVAL_TELEMETRY_OPT_OUT=YES $(BIN)/pytest -q -p no:cacheprovider -n 2 --dist loadfile -m slow tests
 
 demo: setup  ## the main job on the embedded default
 	@PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/vlm3 demo --out $(DEMO)

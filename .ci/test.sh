@@ -34,7 +34,7 @@ echo "notebooks done after $(( $(date +%s)-t_all ))s"
 
 # 3. pytest: what is driven from outside (CLI, servers, papermill, torchrun), $JOBS workers, one test file per worker
 if [ -d tests ] && ls tests/test_*.py >/dev/null 2>&1; then
-  pytest -q -p no:cacheprovider -n "$JOBS" --dist loadfile --durations=15 tests > /tmp/vlm3_pytest.log 2>&1; rc=$?
+  pytest -q -p no:cacheprovider -n "$JOBS" --dist loadfile --durations=15 -m "not slow" tests > /tmp/vlm3_pytest.log 2>&1; rc=$?
   tail -45 /tmp/vlm3_pytest.log
   p=$(grep -oE '[0-9]+ passed' /tmp/vlm3_pytest.log | tail -1 | grep -oE '[0-9]+' || echo 0)
   f=$(grep -oE "[0-9]+ (failed|errors?)" /tmp/vlm3_pytest.log | awk "{s+=\$1} END{print s+0}")

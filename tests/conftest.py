@@ -49,3 +49,11 @@ def random_adapter_run(tmp, manual_seed):
             if "lora_B" in n: p.normal_(0, 0.5)
     run = tmp / "run"; pm.save_pretrained(run / "adapter"); save_config(cfg, run / "config.yaml")
     return tiny, man, cfg, run / "adapter"
+
+
+HEAVY_FIRST = ("test_distributed.py", "test_cobra.py", "test_train_cli.py", "test_bench_gpu.py")  # multi-process runs start first, so no worker ends on a long tail
+
+def pytest_collection_modifyitems(session, config, items):
+    "Hand the longest files to the workers first (pytest-xdist --dist loadfile keeps this order)."
+    rank = {name: i for i, name in enumerate(HEAVY_FIRST)}
+    items.sort(key=lambda it: rank.get(it.path.name, len(HEAVY_FIRST)))

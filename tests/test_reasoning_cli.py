@@ -108,6 +108,7 @@ def test_prepare_llava_cot_download_offline_fails_clearly(tmp_path):
     assert "HF_HUB_OFFLINE" in r.stderr and "Xkev/LLaVA-CoT-100k" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_eval_captions_reports_coco_metrics_and_both_bleus(tiny, cot_manual, tmp_path):
     r = vlm3("eval-captions", "--model", tiny, "--ann", cot_manual / "captions_coco.json", "--images-root", cot_manual, "--out", tmp_path / "cap",
              "--max-images", 3, "--config", "demo_tiny", *FAST)
@@ -120,6 +121,7 @@ def test_eval_captions_reports_coco_metrics_and_both_bleus(tiny, cot_manual, tmp
     assert len(rows) == 3 and len(rows[0]["references"]) == 5 and "cider" in rows[0]["scores"]
 
 
+@pytest.mark.slow
 def test_eval_scratchpad_mode_logs_both_passes_and_report_shows_traces(tiny, cot_manual, tmp_path):
     out = tmp_path / "ev"
     r = vlm3("eval", "--model", tiny, "--data", cot_manual / "vlm_val.jsonl", "--images-root", cot_manual, "--out", out,

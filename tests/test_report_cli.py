@@ -129,6 +129,7 @@ def test_report_images_root_override(tmp_path):
     assert "page image not found" not in page and "data:image/jpeg;base64," in page
 
 
+@pytest.mark.slow
 def test_eval_report_notebook_runs_the_eval_then_reports(tiny, manual, tmp_path):
     "papermill runs the eval itself when given a model; backend=modal is real and fails fast without a token."
     import os, subprocess, sys

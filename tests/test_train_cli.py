@@ -131,6 +131,7 @@ def test_damaged_newest_checkpoint_falls_back(ref_run, tmp_path):
     a, b = adapter(ref_run), adapter(run)
     assert max((a[k] - b[k]).abs().max().item() for k in a) == 0.0  # from the older checkpoint, still exact
 
+@pytest.mark.slow
 def test_papermill_train_notebook_parameters(tmp_path):
     nb = Path(__file__).resolve().parents[1] / "nbs" / "runs" / "train.ipynb"
     pm = [str(Path(sys.executable).parent / "papermill"), str(nb)]
