@@ -16,20 +16,13 @@ if [ -z "$(git status --porcelain -- nbs)" ]; then ok "nbdev_clean leaves no dif
 nbdev_export >/dev/null 2>&1
 if [ -z "$(git status --porcelain -- vlm3_nb)" ]; then ok "nbdev_export leaves no diff"; else bad "nbdev_export changed: $(git status --porcelain -- vlm3_nb | tr '\n' ' ')"; fi
 
-# 2. each notebook is a test (slow and gpu cells skipped via tst_flags), $JOBS at a time, longest first
-logs=$(mktemp -d)
-run_nb() {  # one notebook: its log and a status line under $logs
-  local nb=$1 t0=$(date +%s) key; key=$(echo "$nb" | tr '/' '_')
-  if nbdev_test --n_workers 0 --path "$nb" > "$2/$key.log" 2>&1; then echo "PASS $nb ($(( $(date +%s)-t0 ))s)" > "$2/$key.st"
-  else echo "FAIL $nb" > "$2/$key.st"; fi
-}
-export -f run_nb
-nbs=$(find nbs -name '*.ipynb' ! -name '_*' ! -path '*/.ipynb_checkpoints/*' -printf '%s %p\n' | sort -rn | cut -d' ' -f2)
-printf '%s\n' $nbs | xargs -P "$JOBS" -I{} bash -c 'run_nb "$1" "$2"' _ {} "$logs"
-for nb in $(printf '%s\n' $nbs | sort); do
-  key=$(echo "$nb" | tr '/' '_'); st=$(cat "$logs/$key.st" 2>/dev/null || echo "FAIL $nb")
-  if [[ $st == PASS* ]]; then ok "${st#PASS }"; else bad "$nb"; tail -40 "$logs/$key.log"; fi
-done
+# 2. each notebook is a test (slow and gpu cells skipped via tst_flags): $JOBS long-lived interpreters, longest first (.ci/nbtest.py)
+nbs=$(find nbs -name '*.ipynb' ! -name '_*' ! -path '*/.ipynb_checkpoints/*' | sort)
+nblog=$(mktemp); python .ci/nbtest.py -j "$JOBS" $nbs > "$nblog" 2>&1
+while IFS= read -r line; do
+  case "$line" in PASS\ *) ok "${line#PASS }";; FAIL\ *) bad "${line#FAIL }";; *) echo "$line";; esac
+done < "$nblog"
+grep -q "^PASS \|^FAIL " "$nblog" || bad "notebooks: .ci/nbtest.py printed no result"
 echo "notebooks done after $(( $(date +%s)-t_all ))s"
 
 # 3. pytest: what is driven from outside (CLI, servers, papermill, torchrun), $JOBS workers, one test file per worker

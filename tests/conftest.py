@@ -7,11 +7,46 @@ BIN = Path(sys.executable).parent
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DEEPEVAL_TELEMETRY_OPT_OUT", "YES")
 
-def vlm3(*args, cwd=None, env=None, timeout=600):
-    "Run the installed `vlm3` console script; return the CompletedProcess (text)."
-    exe = shutil.which("vlm3", path=str(BIN)) or "vlm3"
-    e = {**os.environ, "HF_HUB_OFFLINE": "1", "DEEPEVAL_TELEMETRY_OPT_OUT": "YES", **(env or {})}
-    return subprocess.run([exe, *map(str, args)], cwd=cwd, env=e, capture_output=True, text=True, timeout=timeout)
+# Environment variables a library reads once, at import time, or that kill the process: a call that sets one to a new value
+# gets a fresh interpreter. Everything else runs the console script's `main` in this one, which is what makes the suite fit
+# in CI: every new interpreter pays ~7 s of torch + transformers + peft imports before it does anything.
+PROCESS_ENV = ("HOME", "MODAL_", "WANDB_", "HF_HUB_OFFLINE", "VLM3_TEST_")
+
+def _needs_process(env):
+    return any(k.startswith(PROCESS_ENV) and os.environ.get(k) != v for k, v in (env or {}).items())
+
+def _set_threads(n):
+    "torch reads OMP_NUM_THREADS when it is imported; in this interpreter the call's value is set (and the old one returned)."
+    import torch
+    old = torch.get_num_threads(); torch.set_num_threads(n); return old
+
+def vlm3(*args, cwd=None, env=None, timeout=600, proc=False):
+    """Run `vlm3 ARGS` and return a CompletedProcess (text): the exit code, stdout and stderr a user would see.
+    In this interpreter (`vlm3_nb.cli.main`, with the call's sys.argv and `env`, output captured, an uncaught exception printed as
+    Python prints it with exit code 1), or as the installed console script with `proc=True` or a process-level `env`."""
+    args = [str(a) for a in args]
+    if proc or _needs_process(env):
+        exe = shutil.which("vlm3", path=str(BIN)) or "vlm3"
+        e = {**os.environ, "HF_HUB_OFFLINE": "1", "DEEPEVAL_TELEMETRY_OPT_OUT": "YES", **(env or {})}
+        return subprocess.run([exe, *args], cwd=cwd, env=e, capture_output=True, text=True, timeout=timeout)
+    import contextlib, io, traceback
+    from unittest import mock
+    from vlm3_nb.cli import main
+    out, err, here = io.StringIO(), io.StringIO(), os.getcwd()
+    with mock.patch.dict(os.environ, {k: str(v) for k, v in (env or {}).items()}), mock.patch.object(sys, "argv", [str(BIN / "vlm3"), *args]), \
+            contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        threads = _set_threads(int(env["OMP_NUM_THREADS"])) if env and "OMP_NUM_THREADS" in env else None
+        try:
+            if cwd: os.chdir(cwd)
+            rc = main(args)
+        except SystemExit as e:  # argparse: --help is 0, a usage error 2
+            rc = e.code if isinstance(e.code, int) else (0 if e.code is None else (print(e.code, file=sys.stderr) or 1))
+        except Exception:
+            traceback.print_exc(); rc = 1
+        finally:
+            os.chdir(here)
+            if threads: _set_threads(threads)
+    return subprocess.CompletedProcess(["vlm3", *args], rc if isinstance(rc, int) else 0, out.getvalue(), err.getvalue())
 
 @pytest.fixture(scope="session")
 def manual(tmp_path_factory):

@@ -14,12 +14,13 @@ EXACT = ["training.optimizer=sgd", "training.learning_rate=0.05", "training.lr_s
          "training.max_steps=4", "training.save_steps=2", "eval.eval_steps=4", "eval.logging_steps=1"]
 
 def pretrain(nproc, data, runs, run_id, *flags, env=None):
-    "The guide's command: `torchrun --standalone --nnodes 1 --nproc-per-node N -m vlm3_nb pretrain ...` (or one plain process)."
-    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc-per-node", str(nproc)] if nproc > 1 else [sys.executable]
-    args = ["-m", "vlm3_nb", "pretrain", "--dataset.type", "llava-cot-100k", "--dataset.dataset_root_dir", str(data), "--model.type", "cobra-tiny",
+    """The guide's command: `torchrun --standalone --nnodes 1 --nproc-per-node N -m vlm3_nb pretrain ...`; one process runs
+    `vlm3 pretrain` in this interpreter (the same CLI path, without another ~7 s of imports), or a fresh one where `env` kills it."""
+    args = ["pretrain", "--dataset.type", "llava-cot-100k", "--dataset.dataset_root_dir", str(data), "--model.type", "cobra-tiny",
             "--run_root_dir", str(runs), "--run_id", run_id, "--seed", "7", *flags]
-    r = subprocess.run(launch + args, cwd=ROOT, env={**ENV, **(env or {})}, capture_output=True, text=True, timeout=600)
-    return r
+    if nproc == 1: return vlm3(*args, cwd=ROOT, env={"OMP_NUM_THREADS": "1", **(env or {})})
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc-per-node", str(nproc), "-m", "vlm3_nb"]
+    return subprocess.run(launch + args, cwd=ROOT, env={**ENV, **(env or {})}, capture_output=True, text=True, timeout=600)
 
 def rows(run): return [json.loads(l) for l in (Path(run) / "logs" / "train.jsonl").read_text().splitlines()]
 def ckpt(run): return torch.load(Path(run) / "checkpoints" / "latest-checkpoint.pt", weights_only=True)["model"]
@@ -94,7 +95,7 @@ def test_bad_flags_name_the_fix(env, tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def evals(env):
-    "`vlm3 eval --model RUN` of the align (baseline, from outside) and finetune runs (in-process, the same CLI path): 8 new tokens an answer."
+    "`vlm3 eval --model RUN` of the align (baseline) and finetune runs: 8 new tokens an answer."
     from vlm3_nb.cli import main
     val, out = env.folder / "vlm_val.jsonl", env.tmp / "evals"
     args = lambda name: ["eval", "--model", str(env.runs / name), "--data", str(val), "--images-root", str(env.folder), "--out", str(out / name),

@@ -21,11 +21,14 @@ def train_args(model, manual, run, *extra):
 
 ENV = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}  # a 0.4 M-parameter model gains nothing from threads
 
+TRACKERS = {"WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+
 @pytest.fixture(scope="module")
 def ref_proc(model, manual, tmp_path_factory):
-    "One uninterrupted run (the reference the resumed runs must match) and what it printed."
+    """One uninterrupted run (the reference the resumed runs must match) and what it printed: the installed console script
+    in its own process, logging to TensorBoard and an offline W&B run as well (trackers only watch: the weights are the same)."""
     run = tmp_path_factory.mktemp("runs") / "ref"
-    r = vlm3(*train_args(model, manual, run), env=ENV)
+    r = vlm3(*train_args(model, manual, run, "training.report_to=tensorboard,wandb"), env={**ENV, **TRACKERS}, proc=True)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     return run, r
 
@@ -124,7 +127,7 @@ def test_damaged_newest_checkpoint_falls_back(ref_run, tmp_path):
     run = tmp_path / "damaged"; shutil.copytree(ref_run, run)
     for p in ("adapter", "manifest.json", "checkpoints/checkpoint-12"): shutil.rmtree(run / p) if (run / p).is_dir() else (run / p).unlink()
     f = run / "checkpoints" / "checkpoint-10" / "adapter_model.safetensors"; f.write_bytes(f.read_bytes()[:len(f.read_bytes()) // 2])
-    r = vlm3("train", f"output_dir={run}", "--resume", env=ENV)
+    r = vlm3("train", f"output_dir={run}", "training.report_to=none", "--resume", env=ENV)  # trackers off for the rest: an override on resume
     assert r.returncode == 0, r.stderr[-3000:]
     assert "checkpoint-10 is damaged (adapter_model.safetensors does not read back" in r.stdout and "from checkpoint-5" in r.stdout
     assert (run / "checkpoints" / "checkpoint-10.damaged").is_dir()  # set aside, not deleted
@@ -145,18 +148,15 @@ def test_papermill_train_notebook_parameters(tmp_path):
     r = subprocess.run(pm + [str(tmp_path / "b.ipynb"), *args], capture_output=True, text=True, timeout=600)
     assert r.returncode != 0 and "continue it with -p resume True" in r.stderr  # the notebook's own wording, not the CLI's
 
-def test_report_to_tensorboard_and_wandb_offline(model, manual, tmp_path):
+def test_report_to_tensorboard_and_wandb_offline(ref_run, model, manual, tmp_path):
     "training.report_to: TensorBoard event files and an offline W&B run beside the JSONL, with the same numbers; no network."
-    run = tmp_path / "tracked"
-    r = vlm3(*train_args(model, manual, run, "training.max_steps=4", "eval.eval_steps=4", "training.report_to=tensorboard,wandb"),
-             env={**ENV, "WANDB_MODE": "offline", "WANDB_SILENT": "true"})
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    ea = EventAccumulator(str(run / "tensorboard")); ea.Reload()
-    rows = [json.loads(l) for l in (run / "logs" / "train.jsonl").read_text().splitlines()]
+    ea = EventAccumulator(str(ref_run / "tensorboard")); ea.Reload()
+    rows = [json.loads(l) for l in (ref_run / "logs" / "train.jsonl").read_text().splitlines()]
     assert [e.step for e in ea.Scalars("train/loss")] == [x["step"] for x in rows if x["kind"] == "train"]
+    assert [round(e.value, 4) for e in ea.Scalars("train/loss")] == [round(x["loss"], 4) for x in rows if x["kind"] == "train"]
     assert {"eval/loss", "train/lr"} <= set(ea.Tags()["scalars"])
-    offline = list((run / "wandb").glob("offline-run-*/run-*.wandb"))
-    assert len(offline) == 1 and offline[0].stat().st_size > 0, list((run / "wandb").rglob("*"))[:10]
+    offline = list((ref_run / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(offline) == 1 and offline[0].stat().st_size > 0, list((ref_run / "wandb").rglob("*"))[:10]
     r = vlm3(*train_args(model, manual, tmp_path / "bad", "training.report_to=comet"), env=ENV)
     assert r.returncode == 2 and "'comet' is not a tracker" in r.stderr and not (tmp_path / "bad").exists()

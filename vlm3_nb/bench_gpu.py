@@ -4,7 +4,7 @@
 
 # %% ../nbs/14a_bench_gpu.ipynb #82de77f6
 from __future__ import annotations
-import contextlib, gc, importlib, importlib.util, json, os, platform, re, shutil, signal, statistics, subprocess, sys, tempfile, time, traceback
+import contextlib, gc, importlib, importlib.machinery, importlib.util, json, os, platform, re, shutil, signal, statistics, subprocess, sys, tempfile, time, traceback
 from pathlib import Path
 from .core import Vlm3Error, load_config
 
@@ -50,13 +50,17 @@ def download_wheels(out=WHEELS_DIR, python=GPU_PYTHON, limit_mb=WHEELS_LIMIT_MB)
     return sizes
 
 # %% ../nbs/14a_bench_gpu.ipynb #da76aa34
+def _importable(mod) -> bool:
+    "On sys.path, even where this package hides it from peft for the session (`models.bitsandbytes_visible` puts a None in sys.modules)."
+    return sys.modules.get(mod) is not None or importlib.machinery.PathFinder.find_spec(mod) is not None
+
 def install_wheels(folder=WHEELS_DIR, # where `make gpu-wheels` put them
                    target=None, # install folder, put first on sys.path; None = a temp folder
                    modules=None) -> dict: # module -> distribution; None = GPU_WHEELS
     "Install from `folder` (pip --no-index --find-links) each of `modules` that is not importable yet; returns what happened to each."
     mods, st, todo = modules or GPU_WHEELS, {}, []
     for mod, dist in mods.items():
-        if importlib.util.find_spec(mod) is not None: st[mod] = "present"; continue
+        if _importable(mod): st[mod] = "present"; continue
         whl = sorted(Path(folder).glob(f"{_norm(dist)}-*.whl")) if Path(folder).is_dir() else []
         if whl: todo.append((mod, whl[-1]))
         else: st[mod] = f"missing: no wheel in {folder} (run `make gpu-wheels` and carry {folder})"
@@ -68,7 +72,7 @@ def install_wheels(folder=WHEELS_DIR, # where `make gpu-wheels` put them
         if str(target) not in sys.path: sys.path.insert(0, str(target))
         importlib.invalidate_caches()
         for mod, w in todo:
-            ok = r.returncode == 0 and importlib.util.find_spec(mod) is not None
+            ok = r.returncode == 0 and _importable(mod)
             st[mod] = f"installed from {w.name}" if ok else f"install failed (exit {r.returncode}): {(r.stderr or '').strip()[-300:]}"
     return st
 
