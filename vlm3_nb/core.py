@@ -13,9 +13,9 @@ import yaml
 # %% auto #0
 __all__ = ['SEED_TARGET_MODULES', 'GPU_PRICES', 'MOVED', 'RANGES', 'CHOICES', 'ALIASES', 'CONFIG_DIR', 'Vlm3Error', 'LoraCfg',
            'TrainingCfg', 'QuantizationCfg', 'Thresholds', 'EvalCfg', 'DataCfg', 'GenerationCfg', 'ServeCfg', 'CostCfg',
-           'gpu_price', 'Config', 'flat_keys', 'set_key', 'get_key', 'check_config', 'validate_config', 'config_path',
-           'shipped_configs', 'parse_overrides', 'load_config', 'to_dict', 'save_config', 'file_sha256', 'text_sha256',
-           'new_run_id', 'claim_folder', 'write_marker']
+           'gpu_price', 'gpu_usage', 'Config', 'flat_keys', 'set_key', 'get_key', 'check_config', 'validate_config',
+           'config_path', 'shipped_configs', 'parse_overrides', 'load_config', 'to_dict', 'save_config', 'file_sha256',
+           'text_sha256', 'new_run_id', 'claim_folder', 'write_marker']
 
 # %% ../nbs/00_core.ipynb #fa1f26ee
 class Vlm3Error(ValueError):
@@ -129,6 +129,15 @@ def gpu_price(device: str, cost) -> float | None:
     "USD per GPU-hour for the device named `device` from `cost` (a CostCfg), by name (H100, A100, A10G); None for the CPU and unpriced GPUs."
     name = str(device or "").upper()
     return next((float(getattr(cost, k)) for part, k in GPU_PRICES if part in name), None)
+
+def gpu_usage(seconds: float, # wall time of the work
+              gpus: int, # GPUs it held (0 on the CPU)
+              device: str, # the device's name (device_name)
+              cost) -> dict: # a CostCfg
+    "What work cost, the one formula training runs and evals share: GPU-seconds, the device, its price per GPU-hour and the $ (None where unpriced)."
+    price = gpu_price(device, cost) if gpus else None
+    gs = float(seconds) * gpus
+    return dict(device=device, gpus=gpus, gpu_seconds=round(gs, 3), usd_per_gpu_hour=price, usd=None if price is None else round(gs / 3600 * price, 6))
 
 @dataclass
 class Config:

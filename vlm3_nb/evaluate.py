@@ -9,7 +9,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from typing import Any, Optional
-from .core import Vlm3Error, Config, Thresholds, gpu_price, load_config, save_config, to_dict, validate_config
+from .core import Vlm3Error, Config, Thresholds, gpu_price, gpu_usage, load_config, save_config, to_dict, validate_config
 from .data import Record, read_records, check_cot_tags, extract_conclusion, is_structured
 from .infer import predict, load_for_inference, run_config, answer_settings, adapter_run_dir
 from .metrics import (score_case, make_judge, judge_metrics, BudgetExceeded, JUDGE_KEYS, PLAIN_KEYS, NumericExactMatch,
@@ -405,10 +405,7 @@ def generation_cost(preds, # every prediction row this eval used (answers and gr
     for i, r in enumerate(preds): first.setdefault(r.get("key") or i, r)  # generated now if its first use generated it
     sec = lambda rs: round(sum(float(r.get("latency_s") or 0) for r in rs), 3)
     now, every = sec([r for r in first.values() if not r.get("cached")]), sec(first.values())
-    price = gpu_price(device, cost) if gpus else None
-    gs = round(every * gpus, 3)
-    return dict(generate_s=now, answers_s=every, device=device, gpus=gpus, gpu_seconds=gs, usd_per_gpu_hour=price,
-                usd=None if price is None else round(gs / 3600 * price, 6))
+    return dict(generate_s=now, answers_s=every, **gpu_usage(every, gpus, device, cost))
 
 def judge_calibration(judge) -> dict:
     "summary.json's `calibration`: the judge's last calibration and the rule-based metrics', with a warning when the judge has none or κ < KAPPA_MIN."

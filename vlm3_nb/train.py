@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, asdict
 from pathlib import Path
 import numpy as np
 import torch
-from .core import Vlm3Error, Config, gpu_price, load_config, save_config, file_sha256, new_run_id, to_dict, validate_config, parse_overrides
+from .core import Vlm3Error, Config, gpu_usage, load_config, save_config, file_sha256, new_run_id, to_dict, validate_config, parse_overrides
 from .data import read_records
 from .families import GROUPS, get_family, trainable_groups
 from .models import default_device, resolve_dtype, use_gradient_checkpointing, quant_config, load_base, apply_lora
@@ -448,10 +448,7 @@ def device_name(device="cpu") -> str:
 
 def gpu_cost(cfg, d, wall_s) -> dict:
     "What a run used: GPU-seconds (wall time x GPUs; 0 on CPU), the device, and the price per GPU-hour when the config has one."
-    name = device_name(d.device); gpus = d.world if d.cuda else 0
-    price = gpu_price(name, cfg.cost) if gpus else None
-    return {"gpus": gpus, "gpu_seconds": round(wall_s * gpus, 1), "device": name, "usd_per_gpu_hour": price,
-            "usd": None if price is None else round(wall_s * gpus / 3600 * price, 4)}
+    return gpu_usage(wall_s, d.world if d.cuda else 0, device_name(d.device), cfg.cost)
 
 def make_manifest(cfg, run_dir, device, wall_s, rows, steps, epoch, extra=None) -> dict:
     "What produced this run: code (git), data (sha256), package versions, device, wall time, steps and final losses."
