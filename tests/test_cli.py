@@ -1,4 +1,4 @@
-"The `vlm3` command driven from outside, as a user would: exit codes, messages, files."
+"The `vlm3` command as a user runs it: exit codes, messages, files (through `main` in this interpreter; see conftest.vlm3)."
 import json, shutil
 from pathlib import Path
 from conftest import vlm3
@@ -36,7 +36,7 @@ def test_validate_bad_lines_name_file_and_line(manual, tmp_path):
     assert len(valid) == 2 and len(rejected) == 3  # every non-blank input line lands in exactly one file
 
 def test_validate_missing_file_is_one_line_error(tmp_path):
-    r = vlm3("validate", tmp_path / "nope.jsonl")
+    r = vlm3("validate", tmp_path / "nope.jsonl", proc=True)  # the installed console script itself: its exit code, no traceback
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert "nope.jsonl" in r.stdout + r.stderr
 
