@@ -13,7 +13,7 @@ import torch
 from .core import Vlm3Error, Config, gpu_usage, load_config, save_config, file_sha256, new_run_id, to_dict, validate_config, parse_overrides
 from .data import read_records
 from .families import GROUPS, get_family, trainable_groups
-from .models import default_device, resolve_dtype, use_gradient_checkpointing, quant_config, load_base, apply_lora
+from .models import default_device, resolve_dtype, use_gradient_checkpointing, quant_config, load_base, apply_lora, bitsandbytes_visible
 from .collate import Collator, token_stats
 from .packing import make_collator, train_items, pack_stats, nll_sum
 from . import distributed as D
@@ -613,7 +613,9 @@ def train(cfg: Config, # the resolved config (not modified)
     if resume and not (cfg.output_dir or run_id): raise Vlm3Error(f"{resume_flag} needs the run folder to continue: set output_dir=runs/<run_id>")
     d = D.init_dist(default_device())
     strategy = D.resolve_strategy(t.strategy, d)
-    if strategy.startswith("fsdp") and quant_config(cfg, d.device) is not None:
+    quantized = quant_config(cfg, d.device) is not None
+    bitsandbytes_visible(quantized)  # before transformers' trainer_utils pulls in peft: an unquantized run never imports bitsandbytes (~3 s a process)
+    if strategy.startswith("fsdp") and quantized:
         raise Vlm3Error(f"config keys 'training.strategy' ({t.strategy}) and 'method' ({cfg.method}): FSDP cannot shard a 4-bit base; "
                         f"use training.strategy=ddp, or method=lora on a bf16 base")
     run = Path(D.all_gather(str(run_dir_for(cfg, run_id)), d)[0]); cfg.output_dir = str(run)  # rank zero's name, everywhere
